@@ -1,0 +1,1 @@
+"""The training engine: Recipe, data, augmentation, models, optimisers and the pure loop."""

@@ -1,0 +1,546 @@
+"""Dataset registry: every dataset becomes uint8 tensors in memory, split train / val / test.
+
+Whole datasets live in memory as uint8 (N, C, H, W) so the training loop can move them to the
+GPU once and augment whole batches there, instead of decoding and transforming per sample in
+DataLoader workers. uint8 keeps that four times smaller than float32.
+
+Files are read from the layouts torchvision writes, so a ``data_dir`` filled by torchvision (or
+by ``download: true``, which calls torchvision) works as is. Nothing touches the network unless
+``download`` is true. User files are untrusted: CIFAR pickles go through an unpickler that only
+rebuilds numpy arrays, and every unreadable file is a ``ConfigError`` naming that file.
+
+Splits are stratified and seeded by ``split_seed`` alone, so every trial of a search sees the
+same validation set and val_acc is comparable across trials.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import io
+import pickle
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trainables.errors import ConfigError
+
+TEST_FRACTION = 0.2  # held-out test share for datasets without an official test split
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+_CHUNK_ELEMENTS = 1 << 22  # float work is done in chunks of ~4M values (16 MB) to bound memory
+
+
+@dataclass
+class DataSplits:
+    """Three disjoint splits as uint8 (N, C, H, W) images and int64 (N,) labels.
+
+    ``mean`` / ``std`` are per channel, over the train split, in [0, 1] units: the loop
+    normalises with ``(x / 255 - mean) / std``. ``std`` is floored at 1/255 so a constant
+    channel never divides by zero.
+    """
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.train_x.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train_x.shape[-1])
+
+    def to(self, device: torch.device | str) -> DataSplits:
+        """A new DataSplits with every tensor on ``device`` (this one is left as it was)."""
+        moved = {f: getattr(self, f).to(device) for f in
+                 ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")}
+        return dataclasses.replace(self, classes=list(self.classes), **moved)
+
+
+@dataclass
+class _Raw:
+    """What a loader returns: native-size numpy arrays; a split left None is carved from train."""
+
+    classes: list[str]
+    train_x: np.ndarray  # uint8 (N, C, H, W)
+    train_y: np.ndarray  # int64 (N,)
+    test_x: np.ndarray | None = None
+    test_y: np.ndarray | None = None
+    val_x: np.ndarray | None = None
+    val_y: np.ndarray | None = None
+
+
+Loader = Callable[..., _Raw]  # loader(root: Path, *, download: bool, image_size: int, seed: int)
+DATASETS: dict[str, Loader] = {}
+
+
+def _register(name: str) -> Callable[[Loader], Loader]:
+    def add(fn: Loader) -> Loader:
+        DATASETS[name] = fn
+        return fn
+    return add
+
+
+def list_datasets() -> list[str]:
+    return sorted(DATASETS)
+
+
+def load_data(dataset: str, *, data_dir: str = "data", download: bool = False,
+              val_fraction: float = 0.1, image_size: int = 32, split_seed: int = 0) -> DataSplits:
+    """Load ``dataset`` into memory and split it; the same arguments give the same tensors.
+
+    Official test splits are kept; datasets without one (digits, a single image folder) hold out
+    20% as test. ``val_fraction`` of what remains for training becomes the validation split.
+    Images are resized to ``image_size`` squares (bilinear, antialiased when shrinking).
+    """
+    if dataset not in DATASETS:
+        raise ConfigError(f"knob 'dataset': unknown dataset {dataset!r}; valid datasets: "
+                          f"{', '.join(list_datasets())}")
+    if not 0.0 < val_fraction < 1.0:
+        raise ConfigError(f"knob 'val_fraction': must be in (0, 1), got {val_fraction!r}")
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ConfigError(f"knob 'image_size': must be a positive integer, got {image_size!r}")
+    if isinstance(split_seed, bool) or not isinstance(split_seed, int) or split_seed < 0:
+        raise ConfigError(f"knob 'split_seed': must be an integer >= 0, got {split_seed!r}")
+
+    raw = DATASETS[dataset](Path(data_dir), download=download, image_size=image_size,
+                            seed=split_seed)
+    # Independent streams: changing how val is carved never changes the test split.
+    tr_x, tr_y = raw.train_x, raw.train_y
+    if raw.test_x is None:
+        keep, held = _stratified_split(tr_y, TEST_FRACTION, [split_seed, 0], what="test")
+        raw.test_x, raw.test_y = tr_x[held], tr_y[held]
+        tr_x, tr_y = tr_x[keep], tr_y[keep]
+    if raw.val_x is None:
+        keep, held = _stratified_split(tr_y, val_fraction, [split_seed, 1], what="validation")
+        raw.val_x, raw.val_y = tr_x[held], tr_y[held]
+        tr_x, tr_y = tr_x[keep], tr_y[keep]
+    assert raw.test_y is not None and raw.val_y is not None
+
+    train_x = _to_tensor(tr_x, image_size)
+    mean, std = _channel_stats(train_x)
+    return DataSplits(
+        name=dataset,
+        train_x=train_x, train_y=_labels(tr_y),
+        val_x=_to_tensor(raw.val_x, image_size), val_y=_labels(raw.val_y),
+        test_x=_to_tensor(raw.test_x, image_size), test_y=_labels(raw.test_y),
+        num_classes=len(raw.classes), classes=list(raw.classes), mean=mean, std=std)
+
+
+# -- splitting, resizing, statistics ------------------------------------------------------------
+
+def _stratified_split(y: np.ndarray, fraction: float, seed: list[int],
+                      what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (keep, held) indices with ``fraction`` of every class held out.
+
+    Each class gives floor(fraction * count) samples; the few left to reach
+    round(fraction * N) go to the classes with the largest remainders (ties broken at random).
+    Written out rather than sklearn's so tiny datasets (fewer samples than classes) still split.
+    """
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(y, return_counts=True)
+    n_held = round(fraction * len(y))
+    if n_held == 0 or n_held == len(y):
+        knob = "val_fraction" if what == "validation" else "test fraction"
+        raise ConfigError(f"{knob} {fraction} of {len(y)} images leaves an empty {what} or "
+                          "training split; add images or change the fraction")
+    exact = counts * fraction
+    quota = np.floor(exact).astype(np.int64)
+    order = rng.permutation(len(classes))
+    order = order[np.argsort(-(exact - quota)[order], kind="stable")]
+    quota[order[: n_held - int(quota.sum())]] += 1
+    held = [rng.permutation(np.flatnonzero(y == c))[:q]
+            for c, q in zip(classes, quota, strict=True)]
+    held_idx = np.sort(np.concatenate(held))
+    keep_idx = np.setdiff1d(np.arange(len(y)), held_idx, assume_unique=True)
+    return keep_idx, held_idx
+
+
+def _chunk(per_item: int) -> int:
+    return max(1, _CHUNK_ELEMENTS // max(1, per_item))
+
+
+def _to_tensor(x: np.ndarray, size: int) -> torch.Tensor:
+    """uint8 (N, C, size, size) contiguous tensor; bilinear resize (antialiased when shrinking)."""
+    a = np.ascontiguousarray(x, dtype=np.uint8)
+    t = torch.from_numpy(a if a.flags.writeable else a.copy())  # idx bytes are read-only
+    n, c, h, w = t.shape
+    if (h, w) == (size, size):
+        return t.clone() if not t.is_contiguous() else t
+    out = torch.empty((n, c, size, size), dtype=torch.uint8)
+    step = _chunk(c * max(h * w, size * size))
+    for i in range(0, n, step):
+        f = F.interpolate(t[i:i + step].float(), size=(size, size), mode="bilinear",
+                          align_corners=False, antialias=size < min(h, w))
+        out[i:i + step] = f.round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def _labels(y: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
+
+
+def _channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images in [0, 1] units, in float64 chunks."""
+    n, c, h, w = x.shape
+    total = torch.zeros(c, dtype=torch.float64)
+    squares = torch.zeros(c, dtype=torch.float64)
+    for part in x.split(_chunk(c * h * w)):
+        f = part.to(torch.float64) / 255.0
+        total += f.sum(dim=(0, 2, 3))
+        squares += f.square().sum(dim=(0, 2, 3))
+    count = max(1, n * h * w)
+    mean = total / count
+    std = (squares / count - mean.square()).clamp_min(0).sqrt().clamp_min(1 / 255)
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+# -- digits and synthetic (no files) -------------------------------------------------------------
+
+@_register("digits")
+def _digits(root: Path, *, download: bool, image_size: int, seed: int) -> _Raw:
+    """scikit-learn's 1,797 8x8 scans (values 0..16), scaled to 0..255; ships with sklearn."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = np.rint(bunch.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)[:, None]
+    return _Raw(classes=[str(c) for c in bunch.target_names], train_x=x,
+                train_y=bunch.target.astype(np.int64))
+
+
+@_register("synthetic")
+def _synthetic(root: Path, *, download: bool, image_size: int, seed: int) -> _Raw:
+    """10 classes, each a smooth random colour pattern plus per-image noise: learnable, seeded.
+
+    1,000 train+val and 200 test images, balanced. For smoke tests that need no files.
+    """
+    num_classes, n_train, n_test = 10, 1000, 200
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(num_classes, 3, 4, 4, generator=g)
+    patterns = F.interpolate(coarse, size=(image_size, image_size), mode="bilinear",
+                             align_corners=False)
+
+    def make(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = torch.arange(n) % num_classes
+        y = y[torch.randperm(n, generator=g)]
+        noise = 0.15 * torch.randn(n, 3, image_size, image_size, generator=g)
+        x = (0.2 + 0.6 * patterns[y] + noise).clamp(0, 1).mul(255).round().to(torch.uint8)
+        return x.numpy(), y.numpy().astype(np.int64)
+
+    train_x, train_y = make(n_train)
+    test_x, test_y = make(n_test)
+    return _Raw(classes=[f"class_{i}" for i in range(num_classes)], train_x=train_x,
+                train_y=train_y, test_x=test_x, test_y=test_y)
+
+
+# -- files in torchvision's layouts ---------------------------------------------------------------
+
+def _ensure_files(folder: Path, files: list[str], *, name: str, root: Path, download: bool,
+                  fetch: Callable[[], Any], present: Callable[[Path, str], bool],
+                  note: str = "") -> None:
+    """Download with torchvision if asked and needed, else refuse naming the missing files.
+
+    A file lock in ``root`` makes concurrent trials on one node download once; the others wait
+    and then find the files.
+    """
+    def missing() -> list[str]:
+        return [f for f in files if not present(folder, f)]
+
+    if missing() and download:
+        from filelock import FileLock
+
+        root.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(root / f".{name}.download.lock")):
+            if missing():
+                try:
+                    fetch()
+                except (OSError, RuntimeError) as e:
+                    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+                    raise ConfigError(f"downloading {name} failed ({first}); check the "
+                                      "network or put the files there yourself",
+                                      where=str(folder)) from None
+    lacking = missing()
+    if lacking:
+        raise ConfigError(f"{name} files not found: expected {', '.join(lacking)}{note} in this "
+                          "directory; set `download: true` (--download) to fetch them",
+                          where=str(folder))
+
+
+_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+_MNIST_CLASSES = ["0 - zero", "1 - one", "2 - two", "3 - three", "4 - four", "5 - five",
+                  "6 - six", "7 - seven", "8 - eight", "9 - nine"]
+_FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                    "Sneaker", "Bag", "Ankle boot"]
+
+
+def _idx_path(folder: Path, name: str) -> Path | None:
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    """Parse an idx file of uint8 (magic 0x0801 labels, 0x0803 images), optionally gzipped."""
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as e:
+        raise ConfigError(f"cannot read idx file ({e})", where=str(path)) from None
+    magic = 0x0800 | ndim
+    header = 4 + 4 * ndim
+    if len(raw) < header or int.from_bytes(raw[:4], "big") != magic:
+        raise ConfigError(f"not an idx file of uint8 with {ndim} dimension(s): expected magic "
+                          f"number {magic}, got {int.from_bytes(raw[:4], 'big')}", where=str(path))
+    dims = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    if len(raw) - header != int(np.prod(dims)):
+        raise ConfigError(f"truncated or garbled idx file: header says {dims} = "
+                          f"{int(np.prod(dims))} bytes of data, file holds {len(raw) - header}",
+                          where=str(path))
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _checked_labels(labels: np.ndarray, n: int, num_classes: int, where: Path) -> np.ndarray:
+    try:
+        y = np.asarray(labels).astype(np.int64).reshape(-1)
+    except (TypeError, ValueError):
+        raise ConfigError("labels must be integers", where=str(where)) from None
+    if len(y) != n:
+        raise ConfigError(f"{len(y)} labels for {n} images", where=str(where))
+    if len(y) and (y.min() < 0 or y.max() >= num_classes):
+        raise ConfigError(f"labels must be in [0, {num_classes}), got {y.min()}..{y.max()}",
+                          where=str(where))
+    return y
+
+
+def _load_idx_dataset(root: Path, download: bool, key: str, tv_name: str,
+                      classes: list[str]) -> _Raw:
+    folder = root / tv_name / "raw"
+
+    def fetch() -> None:
+        import torchvision.datasets as tvd
+
+        getattr(tvd, tv_name)(str(root), train=True, download=True)
+
+    _ensure_files(folder, list(_IDX_FILES), name=key, root=root, download=download, fetch=fetch,
+                  present=lambda d, f: _idx_path(d, f) is not None, note=" (each may be .gz)")
+    arrays = {}
+    for prefix in ("train", "t10k"):
+        img_path = _idx_path(folder, f"{prefix}-images-idx3-ubyte")
+        lbl_path = _idx_path(folder, f"{prefix}-labels-idx1-ubyte")
+        assert img_path is not None and lbl_path is not None
+        x = _read_idx(img_path, 3)[:, None]
+        arrays[prefix] = (x, _checked_labels(_read_idx(lbl_path, 1), len(x), len(classes),
+                                             lbl_path))
+    return _Raw(classes=list(classes), train_x=arrays["train"][0], train_y=arrays["train"][1],
+                test_x=arrays["t10k"][0], test_y=arrays["t10k"][1])
+
+
+@_register("mnist")
+def _mnist(root: Path, *, download: bool, image_size: int, seed: int) -> _Raw:
+    return _load_idx_dataset(root, download, "mnist", "MNIST", _MNIST_CLASSES)
+
+
+@_register("fashion_mnist")
+def _fashion_mnist(root: Path, *, download: bool, image_size: int, seed: int) -> _Raw:
+    return _load_idx_dataset(root, download, "fashion_mnist", "FashionMNIST", _FASHION_CLASSES)
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """The one use of ``_codecs.encode`` in protocol-2 pickles: bytes written by Python 3."""
+    if encoding != "latin1":
+        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Rebuilds only numpy arrays (plus dicts, lists, numbers, strings, which need no globals).
+
+    A pickle can call any importable function while it loads; a CIFAR batch needs none but
+    numpy's array reconstruction, so anything else is refused before it can run.
+    """
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+    }
+
+    def __init__(self, file: io.BufferedIOBase, path: Path) -> None:
+        super().__init__(file, encoding="latin1")  # latin1: Python 2 numpy pickles need it
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_encode
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise ConfigError(f"refused to unpickle {module}.{name}: a CIFAR batch holds only numpy "
+                          "arrays, lists and strings (file tampered with or not CIFAR)",
+                          where=str(self.path))
+
+
+def _unpickle_cifar(path: Path) -> dict[str, Any]:
+    """Load one CIFAR pickle safely; keys come back as str whatever protocol wrote them."""
+    try:
+        with open(path, "rb") as f:
+            obj = _CifarUnpickler(f, path).load()  # type: ignore[arg-type]
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a garbled pickle can raise almost anything
+        raise ConfigError(f"truncated or garbled CIFAR pickle ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''})", where=str(path)) from None
+    if not isinstance(obj, dict):
+        raise ConfigError(f"a CIFAR file holds a dict, got {type(obj).__name__}", where=str(path))
+    return {k.decode("latin1") if isinstance(k, bytes) else str(k): v for k, v in obj.items()}
+
+
+def _field(entry: dict[str, Any], key: str, path: Path) -> Any:
+    if key not in entry:
+        raise ConfigError(f"CIFAR file lacks the {key!r} entry (has {sorted(entry)})",
+                          where=str(path))
+    return entry[key]
+
+
+def _read_cifar_batches(folder: Path, files: list[str], label_key: str,
+                        num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = [], []
+    for name in files:
+        path = folder / name
+        entry = _unpickle_cifar(path)
+        data = _field(entry, "data", path)
+        if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
+                and data.shape[1] == 3 * 32 * 32):
+            raise ConfigError(f"'data' must be a uint8 array of shape (N, 3072), got "
+                              f"{getattr(data, 'dtype', type(data).__name__)} "
+                              f"{getattr(data, 'shape', '')}", where=str(path))
+        xs.append(data.reshape(-1, 3, 32, 32))
+        ys.append(_checked_labels(_field(entry, label_key, path), len(data), num_classes, path))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _label_names(folder: Path, meta: str, key: str) -> list[str]:
+    path = folder / meta
+    names = _field(_unpickle_cifar(path), key, path)
+    if not isinstance(names, list | tuple) or not names:
+        raise ConfigError(f"{key!r} must be a non-empty list of names", where=str(path))
+    return [n.decode("latin1") if isinstance(n, bytes) else str(n) for n in names]
+
+
+def _load_cifar(root: Path, download: bool, *, key: str, subdir: str, tv_name: str,
+                train: list[str], test: str, meta: str, names_key: str,
+                label_key: str) -> _Raw:
+    folder = root / subdir
+
+    def fetch() -> None:
+        import torchvision.datasets as tvd
+
+        getattr(tvd, tv_name)(str(root), train=True, download=True)
+
+    _ensure_files(folder, [*train, test, meta], name=key, root=root, download=download,
+                  fetch=fetch, present=lambda d, f: (d / f).is_file())
+    classes = _label_names(folder, meta, names_key)
+    train_x, train_y = _read_cifar_batches(folder, train, label_key, len(classes))
+    test_x, test_y = _read_cifar_batches(folder, [test], label_key, len(classes))
+    return _Raw(classes=classes, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y)
+
+
+@_register("cifar10")
+def _cifar10(root: Path, *, download: bool, image_size: int, seed: int) -> _Raw:
+    return _load_cifar(root, download, key="cifar10", subdir="cifar-10-batches-py",
+                       tv_name="CIFAR10", train=[f"data_batch_{i}" for i in range(1, 6)],
+                       test="test_batch", meta="batches.meta", names_key="label_names",
+                       label_key="labels")
+
+
+@_register("cifar100")
+def _cifar100(root: Path, *, download: bool, image_size: int, seed: int) -> _Raw:
+    return _load_cifar(root, download, key="cifar100", subdir="cifar-100-python",
+                       tv_name="CIFAR100", train=["train"], test="test", meta="meta",
+                       names_key="fine_label_names", label_key="fine_labels")
+
+
+# -- image folders ------------------------------------------------------------------------------
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _decode(path: Path, size: int) -> np.ndarray:
+    """RGB uint8 (3, size, size): shorter side resized to ``size``, then centre-cropped."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            scale = size / min(w, h)
+            new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+            if (new_w, new_h) != (w, h):
+                im = im.resize((new_w, new_h), Image.Resampling.BILINEAR)
+            left, top = (new_w - size) // 2, (new_h - size) // 2
+            im = im.crop((left, top, left + size, top + size))
+            return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ConfigError(f"cannot decode image ({type(e).__name__}: {e})".splitlines()[0],
+                          where=str(path)) from None
+
+
+def _read_image_classes(folder: Path, classes: list[str],
+                        size: int) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = [], []
+    if not _class_dirs(folder):
+        raise ConfigError("no class subfolders (expected <class>/<image> folders, one per "
+                          "class)", where=str(folder))
+    for class_dir in _class_dirs(folder):
+        if class_dir.name not in classes:
+            raise ConfigError(f"class folder {class_dir.name!r} is not among the training "
+                              f"classes ({', '.join(classes)})", where=str(folder))
+        files = sorted(p for p in class_dir.iterdir()
+                       if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise ConfigError(f"class folder holds no images (extensions "
+                              f"{', '.join(IMAGE_EXTENSIONS)})", where=str(class_dir))
+        xs += [_decode(p, size) for p in files]
+        ys += [classes.index(class_dir.name)] * len(files)
+    return np.stack(xs), np.asarray(ys, dtype=np.int64)
+
+
+@_register("imagefolder")
+def _imagefolder(root: Path, *, download: bool, image_size: int, seed: int) -> _Raw:
+    """``root/<class>/<image>``, or ``root/{train,test[,val]}/<class>/<image>`` for fixed splits.
+
+    Images become RGB whatever their mode, so grey and RGBA files can be mixed.
+    """
+    if not root.is_dir():
+        raise ConfigError("image folder not found (expected <data_dir>/<class>/<image> or "
+                          "<data_dir>/{train,test,val}/<class>/<image>)", where=str(root))
+    has_splits = (root / "train").is_dir() and (root / "test").is_dir()
+    train_dir = root / "train" if has_splits else root
+    classes = [p.name for p in _class_dirs(train_dir)]
+    if not classes:
+        raise ConfigError("no class subfolders (expected <class>/<image> folders, one per "
+                          "class)", where=str(train_dir))
+    train_x, train_y = _read_image_classes(train_dir, classes, image_size)
+    raw = _Raw(classes=classes, train_x=train_x, train_y=train_y)
+    if has_splits:
+        raw.test_x, raw.test_y = _read_image_classes(root / "test", classes, image_size)
+        if (root / "val").is_dir():
+            raw.val_x, raw.val_y = _read_image_classes(root / "val", classes, image_size)
+    return raw

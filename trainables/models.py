@@ -1,0 +1,398 @@
+"""Model registry: small CNNs, torchvision classification models, pretrained loading, freezing.
+
+``build_model(name, ...)`` builds a registry model (``list_models()``) or any torchvision
+classification model by name, with the recipe's knobs applied the same way to both: BatchNorm
+on/off and momentum, dropout before the classifier, a head sized for the task, the input conv
+adapted to the image channels. ``pretrained`` is ``none``, a torchvision weights name (read from
+torch hub's cache; downloaded only when asked) or a checkpoint written by this project.
+
+Every model exposes the same two parts: ``backbone_blocks`` (stem -> deepest block) and
+``head_module`` (the classifier). ``apply_freeze`` and ``param_groups`` work on those parts only,
+so the loop never needs to know which architecture it trains. Files are read with
+``torch.load(weights_only=True)``: a checkpoint that needs arbitrary unpickling is refused.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import os
+import pickle
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+import torch.nn as nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from trainables.errors import ConfigError
+from trainables.recipe import is_weights_name
+from trainables.small_models import ResNetSmall, SimpleCNN
+
+__all__ = ["apply_freeze", "backbone_blocks", "build_model", "check_model_name", "head_module",
+           "list_models", "param_groups", "register_model"]
+
+ModelBuilder = Callable[..., nn.Module]
+_REGISTRY: dict[str, ModelBuilder] = {}
+_HEAD_ATTRS = ("fc", "classifier", "heads", "head")  # where torchvision (and ours) keep the head
+_BLOCK_CONTAINERS = ("features", "layers", "trunk_output", "blocks")  # unrolled into blocks
+_AUX_HEADS = ("AuxLogits", "aux1", "aux2")  # inception_v3 / googlenet training-only heads
+_EXAMPLES = "resnet18, mobilenet_v3_small, efficientnet_b0"
+
+
+def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Register a builder ``f(*, in_channels, num_classes, width, batch_norm, bn_momentum,
+    dropout) -> nn.Module`` whose module has ``features`` (blocks) and ``head`` attributes."""
+    def wrap(builder: ModelBuilder) -> ModelBuilder:
+        _REGISTRY[name] = builder
+        return builder
+    return wrap
+
+
+register_model("simple_cnn")(SimpleCNN)
+register_model("resnet_small")(ResNetSmall)
+
+
+def list_models() -> list[str]:
+    """Registry model names. Any torchvision classification model name is accepted as well."""
+    return sorted(_REGISTRY)
+
+
+@functools.cache
+def _torchvision_names() -> tuple[str, ...]:
+    import torchvision  # lazy: ~seconds to import, and the small models do not need it
+
+    return tuple(torchvision.models.list_models(module=torchvision.models))
+
+
+def _check_name(name: str) -> None:
+    if name in _REGISTRY or name in _torchvision_names():
+        return
+    close = difflib.get_close_matches(name, [*_REGISTRY, *_torchvision_names()], n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ConfigError(f"knob 'model': unknown model {name!r}{hint}; registry models: "
+                      f"{', '.join(list_models())}; any torchvision classification model name also "
+                      f"works (e.g. {_EXAMPLES}; all {len(_torchvision_names())}: "
+                      "torchvision.models.list_models(module=torchvision.models))")
+
+
+def _resolve_weights(name: str, weights_name: str) -> Any:
+    """The torchvision weights enum member ``name``/``weights_name`` (DEFAULT included)."""
+    if name in _REGISTRY:
+        raise ConfigError(f"knob 'pretrained': torchvision weights name {weights_name!r} needs a "
+                          f"torchvision model, but model is {name!r} (a registry model: use none "
+                          "or the path of a checkpoint written by `cnn-tuner train`)")
+    import torchvision
+
+    enum = torchvision.models.get_model_weights(name)
+    try:
+        return enum[weights_name]
+    except KeyError:
+        valid = [w.name for w in enum] + ["DEFAULT"]
+        raise ConfigError(f"knob 'pretrained': {weights_name!r} is not a weights name of "
+                          f"torchvision model {name!r}; valid: {', '.join(valid)}") from None
+
+
+def check_model_name(name: str, pretrained: str = "none") -> None:
+    """Refuse an unknown model, or pretrained weights that cannot go with it, before any trial
+    starts (a checkpoint file is opened to check it holds the same architecture)."""
+    _check_name(name)
+    if is_weights_name(pretrained):
+        _resolve_weights(name, pretrained)
+    elif pretrained != "none":
+        _read_checkpoint(Path(pretrained), name)
+
+
+# -- loading files --------------------------------------------------------------------------
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError("refused: not a plain-tensor checkpoint (torch.load weights_only=True "
+                          f"rejected it: {first[:160]})", where=str(path)) from None
+    except (OSError, RuntimeError, EOFError, ValueError) as e:
+        raise ConfigError(f"unreadable checkpoint ({type(e).__name__}: {str(e)[:160]})",
+                          where=str(path)) from None
+
+
+def _read_checkpoint(path: Path, name: str) -> dict[str, Any]:
+    """A cnn-tuner checkpoint holding a ``name`` model, or ConfigError naming the file."""
+    if not path.is_file():
+        raise ConfigError("knob 'pretrained': no checkpoint file there", where=str(path))
+    ckpt = _torch_load(path)
+    if not (isinstance(ckpt, dict) and {"format", "model", "recipe"} <= ckpt.keys()
+            and str(ckpt["format"]).startswith("cnn-tuner/") and isinstance(ckpt["recipe"], dict)
+            and isinstance(ckpt["model"], dict)):
+        raise ConfigError("not a cnn-tuner checkpoint (expected the dict with format, model and "
+                          "recipe that `cnn-tuner train` writes)", where=str(path))
+    if ckpt["recipe"].get("model") != name:
+        raise ConfigError(f"checkpoint holds a {ckpt['recipe'].get('model')!r} model, but knob "
+                          f"'model' is {name!r}", where=str(path))
+    return ckpt
+
+
+def _hub_state_dict(weights: Any, download: bool) -> dict[str, torch.Tensor]:
+    """torchvision weights from torch hub's cache; the network is used only with download."""
+    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
+    if path.is_file():
+        return _torch_load(path)
+    if not download:
+        raise ConfigError(f"knob 'pretrained': {weights} is not in torch hub's cache at {path}; "
+                          f"`download: true` fetches it from {weights.url} (no network by "
+                          "default), or copy the file there")
+    try:
+        return torch.hub.load_state_dict_from_url(weights.url, map_location="cpu", progress=False,
+                                                  check_hash=True, weights_only=True)
+    except (OSError, RuntimeError) as e:
+        raise ConfigError(f"knob 'pretrained': could not download {weights.url} to {path} "
+                          f"({type(e).__name__}: {e})") from None
+
+
+# -- module surgery -------------------------------------------------------------------------
+def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, child = path.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
+
+
+def _first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
+    return next((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+
+
+def _adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """Input-conv weights for another channel count (as timm's adapt_input_conv): grayscale sums
+    the colour filters (same response to a grey image); otherwise the filters are repeated and
+    rescaled so the activation scale stays that of the original channel count."""
+    if in_channels == 1:
+        return weight.sum(dim=1, keepdim=True)
+    reps = -(-in_channels // weight.shape[1])
+    return weight.repeat(1, reps, 1, 1)[:, :in_channels] * (weight.shape[1] / in_channels)
+
+
+def _replace_input_conv(model: nn.Module, in_channels: int, *, keep_weights: bool) -> None:
+    name, conv = _first_conv(model)
+    if conv.in_channels == in_channels:
+        return
+    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                    conv.dilation, bias=conv.bias is not None, padding_mode=conv.padding_mode)
+    if keep_weights:
+        with torch.no_grad():
+            new.weight.copy_(_adapt_input_conv(conv.weight, in_channels))
+            if conv.bias is not None:
+                new.bias.copy_(conv.bias)
+    _set_submodule(model, name, new)
+    if getattr(model, "transform_input", False):  # inception's RGB re-normalisation
+        model.transform_input = False
+
+
+def _head_attr(model: nn.Module) -> str:
+    for attr in _HEAD_ATTRS:
+        if isinstance(getattr(model, attr, None), nn.Module):
+            return attr
+    raise TypeError(f"{type(model).__name__} has none of the head attributes {_HEAD_ATTRS}")
+
+
+def _configure_head(model: nn.Module, num_classes: int, dropout: float) -> None:
+    """Size the final layer for the task and put the dropout knob in the classifier: set p on
+    its Dropout layers, or insert one before the final layer (even at p=0, so checkpoint keys do
+    not depend on the knob)."""
+    attr = _head_attr(model)
+    head = getattr(model, attr)
+    layers = [(n, m) for n, m in head.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    path, last = layers[-1]
+    if isinstance(last, nn.Linear) and last.out_features != num_classes:
+        last = nn.Linear(last.in_features, num_classes, bias=last.bias is not None)
+    elif isinstance(last, nn.Conv2d) and last.out_channels != num_classes:  # squeezenet
+        last = nn.Conv2d(last.in_channels, num_classes, last.kernel_size)
+    dropouts = [m for m in head.modules() if isinstance(m, nn.Dropout)]
+    for d in dropouts:
+        d.p = dropout
+    if not dropouts:
+        last = nn.Sequential(nn.Dropout(dropout), last)
+    if path:
+        _set_submodule(head, path, last)
+    else:
+        setattr(model, attr, last)
+
+
+def _build_torchvision(name: str, *, in_channels: int, num_classes: int, batch_norm: bool,
+                       bn_momentum: float, dropout: float, weights: Any,
+                       download: bool) -> nn.Module:
+    import torchvision
+
+    init = {"init_weights": True} if name in ("googlenet", "inception_v3") else {}
+    if weights is None:  # init_weights: torchvision's own init, and silences its FutureWarning
+        model = torchvision.models.get_model(name, num_classes=num_classes, **init)
+    else:
+        # The builder kwargs torchvision sets itself when given weights; we load the file here
+        # instead of letting torchvision do it, to keep weights_only=True and no network.
+        kwargs: dict[str, Any] = {"num_classes": len(weights.meta["categories"])}
+        if name in ("googlenet", "inception_v3"):
+            kwargs.update(transform_input=True, aux_logits=True, init_weights=False)
+        if name.startswith("vit_"):
+            kwargs["image_size"] = weights.meta["min_size"][0]
+        if name == "maxvit_t":
+            kwargs["input_size"] = weights.meta["min_size"]
+        model = torchvision.models.get_model(name, **kwargs)
+        state = _hub_state_dict(weights, download)
+        legacy = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|"
+                            r"running_mean|running_var))$")  # old densenet keys, as torchvision
+        state = {(legacy.sub(r"\1\2", k)): v for k, v in state.items()}
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise ConfigError(f"knob 'pretrained': cached {weights} does not fit {name!r} "
+                              f"({str(e).splitlines()[0]})") from None
+    if getattr(model, "aux_logits", False):  # training-time aux heads would change the output
+        model.aux_logits = False
+        for aux in _AUX_HEADS:
+            if hasattr(model, aux):
+                setattr(model, aux, None)
+    _replace_input_conv(model, in_channels, keep_weights=weights is not None)
+    _configure_head(model, num_classes, dropout)
+    for path, module in list(model.named_modules()):
+        if isinstance(module, _BatchNorm):
+            if batch_norm:
+                module.momentum = bn_momentum
+            else:
+                _set_submodule(model, path, nn.Identity())
+    return model
+
+
+def _load_checkpoint(model: nn.Module, ckpt: dict[str, Any], path: str, num_classes: int) -> None:
+    """Copy every checkpoint tensor whose name and shape match. The head is skipped when the
+    class count differs and the input conv adapted when the channel count differs; any other
+    missing tensor means another architecture (width, batch_norm) and is refused."""
+    source = {k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()
+              if isinstance(v, torch.Tensor)}  # a torch.compile'd model saves _orig_mod. keys
+    head_prefix = _head_attr(model) + "."
+    conv_key = _first_conv(model)[0] + ".weight"
+    other_classes = ckpt.get("num_classes") != num_classes
+    loaded, missing = {}, []
+    for key, target in model.state_dict().items():
+        src = source.get(key)
+        if src is not None and src.shape == target.shape:
+            loaded[key] = src
+        elif (key == conv_key and src is not None and src.ndim == 4
+              and src.shape[0] == target.shape[0] and src.shape[2:] == target.shape[2:]):
+            loaded[key] = _adapt_input_conv(src, target.shape[1])
+        elif not (key.startswith(head_prefix) and other_classes and src is not None):
+            missing.append(key)
+    if missing:
+        r = ckpt["recipe"]
+        raise ConfigError(f"{len(missing)} tensors of the model are missing from the checkpoint or "
+                          f"have another shape (first: {missing[0]}); width and batch_norm must "
+                          f"match the checkpoint's (width={r.get('width')}, "
+                          f"batch_norm={r.get('batch_norm')})", where=path)
+    model.load_state_dict(loaded, strict=False)
+
+
+def build_model(name: str, *, in_channels: int, num_classes: int, width: int = 32,
+                batch_norm: bool = True, bn_momentum: float = 0.1, dropout: float = 0.0,
+                pretrained: str = "none", download: bool = False) -> nn.Module:
+    """Build ``name`` for images with ``in_channels`` channels and ``num_classes`` classes.
+
+    ``width`` applies to the registry models only (torchvision models have fixed widths).
+    Initialisation draws from torch's global RNG: seed it first for reproducible models.
+    """
+    _check_name(name)
+    weights = _resolve_weights(name, pretrained) if is_weights_name(pretrained) else None
+    ckpt = None if weights is not None or pretrained == "none" else _read_checkpoint(
+        Path(pretrained), name)
+    if name in _REGISTRY:
+        model = _REGISTRY[name](in_channels=in_channels, num_classes=num_classes, width=width,
+                                batch_norm=batch_norm, bn_momentum=bn_momentum, dropout=dropout)
+    else:
+        model = _build_torchvision(name, in_channels=in_channels, num_classes=num_classes,
+                                   batch_norm=batch_norm, bn_momentum=bn_momentum,
+                                   dropout=dropout, weights=weights, download=download)
+    if ckpt is not None:
+        _load_checkpoint(model, ckpt, pretrained, num_classes)
+    return model
+
+
+# -- the parts the loop trains differently --------------------------------------------------
+def head_module(model: nn.Module) -> nn.Module:
+    """The classifier (``fc`` / ``classifier`` / ``heads`` / ``head``): never frozen."""
+    return getattr(model, _head_attr(model))
+
+
+def backbone_blocks(model: nn.Module) -> list[nn.Module]:
+    """The feature extractor as ordered blocks, stem first, head excluded: the units that
+    ``freeze: N`` counts from the deep end. ResNets give [stem (conv1+bn1), layer1..layer4];
+    models with ``features`` (mobilenet, efficientnet, ours, ...) give its entries."""
+    if all(hasattr(model, a) for a in ("conv1", "bn1", "layer1")):
+        layers = [m for n, m in model.named_children() if n.startswith("layer")]
+        return [nn.Sequential(model.conv1, model.bn1), *layers]
+    head = head_module(model)
+    blocks: list[nn.Module] = []
+    for name, child in model.named_children():
+        if child is head:
+            continue
+        parts = list(child.children()) if name in _BLOCK_CONTAINERS else [child]
+        blocks += [p for p in parts if next(p.parameters(), None) is not None
+                   or next(p.buffers(), None) is not None]
+    return blocks
+
+
+def _stay_in_eval(module: nn.Module, args: tuple[Any, ...]) -> None:
+    """Forward pre-hook of a frozen BatchNorm: normalise with the running statistics and leave
+    them unchanged, whatever ``model.train()`` set."""
+    module.training = False
+
+
+def apply_freeze(model: nn.Module, policy: str) -> None:
+    """Freeze per the ``freeze`` knob: ``none``; ``backbone`` (train the head only); ``N``
+    (train the last N backbone blocks and the head). Frozen parameters get requires_grad False
+    (so ``param_groups`` leaves them out of the optimizer, weight decay included) and frozen
+    BatchNorm layers keep evaluating with their running statistics, so frozen tensors stay
+    bit-identical through training."""
+    if policy == "none":
+        return
+    blocks = backbone_blocks(model)
+    if policy != "backbone" and not policy.isdigit():
+        raise ConfigError(f"knob 'freeze': must be none, backbone or a block count N, got "
+                          f"{policy!r}")
+    n = 0 if policy == "backbone" else int(policy)
+    if n > len(blocks):
+        raise ConfigError(f"knob 'freeze': {type(model).__name__} has {len(blocks)} backbone "
+                          f"blocks, so N must be <= {len(blocks)}, got {n}")
+    trained = [head_module(model), *blocks[len(blocks) - n:]]
+    keep = {id(p) for m in trained for p in m.parameters()}
+    trained_modules = {id(s) for m in trained for s in m.modules()}
+    for p in model.parameters():
+        if id(p) not in keep:
+            p.requires_grad_(False)
+    for module in model.modules():
+        if isinstance(module, _BatchNorm) and id(module) not in trained_modules:
+            module.eval()
+            if not getattr(module, "_cnn_tuner_frozen", False):
+                module.register_forward_pre_hook(_stay_in_eval)
+                module._cnn_tuner_frozen = True
+
+
+def param_groups(model: nn.Module, *, lr: float, backbone_lr_mult: float,
+                 weight_decay: float) -> list[dict]:
+    """Optimizer groups: {backbone, head} x {decay, no_decay}, trainable parameters only.
+
+    The backbone gets ``lr * backbone_lr_mult`` (each group also records its ``lr_mult`` for
+    schedules that set the LR themselves); biases and norm scales (1-D tensors) get no weight
+    decay, which would only pull them towards 0 without regularising. Empty groups are dropped.
+    """
+    head = {id(p) for p in head_module(model).parameters()}
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {
+        (part, decay): [] for part in ("backbone", "head") for decay in (True, False)}
+    for p in model.parameters():
+        if p.requires_grad:
+            groups["head" if id(p) in head else "backbone", p.ndim > 1].append(p)
+    out = []
+    for (part, decay), params in groups.items():
+        if params:
+            mult = backbone_lr_mult if part == "backbone" else 1.0
+            out.append({"name": f"{part}_{'decay' if decay else 'no_decay'}", "params": params,
+                        "lr": lr * mult, "lr_mult": mult,
+                        "weight_decay": weight_decay if decay else 0.0})
+    return out

@@ -1,0 +1,85 @@
+"""The one Ray Tune adapter: trial config -> Recipe -> ``train(...)`` with ``tune.report``.
+
+Everything Ray-specific of a trial lives here: threads from the trial's CPUs, the device from
+the GPUs Ray assigned, checkpoints every ``checkpoint_every`` epochs (and at the end), and
+resuming from ``tune.get_checkpoint()`` after a retry or a PBT exploit.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+
+from trainables.checkpoint import load_checkpoint, save_checkpoint
+from trainables.data import DataSplits
+from trainables.loop import train
+from trainables.recipe import Recipe
+
+CHECKPOINT_FILE = "checkpoint.pt"
+_warned_no_cuda = False
+
+
+@dataclass(frozen=True)
+class TrialOptions:
+    """How trials run, beyond the Recipe: checkpoint cadence."""
+
+    checkpoint_every: int = 1
+
+
+def recipe_from_config(config: dict[str, Any]) -> Recipe:
+    """A trial config is flat Recipe knobs; None marks an inactive conditional knob (dropped)."""
+    return Recipe.from_dict({k: v for k, v in config.items() if v is not None})
+
+
+def trial_device() -> tuple[torch.device, str]:
+    """The device of this trial and the GPU ids Ray assigned it (CUDA_VISIBLE_DEVICES is set by
+    Ray, so the first visible CUDA device is the trial's own)."""
+    global _warned_no_cuda
+    gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    if gpu_ids and torch.cuda.is_available():
+        return torch.device("cuda", 0), ",".join(gpu_ids)
+    if gpu_ids and not _warned_no_cuda:
+        print(f"cnn-tuner: Ray assigned GPU id(s) {','.join(gpu_ids)} to this trial but CUDA is "
+              "not available here; training on the CPU", file=sys.stderr)
+        _warned_no_cuda = True
+    return torch.device("cpu"), ",".join(gpu_ids)
+
+
+def _trial_cpus() -> int:
+    try:
+        resources = tune.get_context().get_trial_resources().required_resources
+        return max(1, int(resources.get("CPU", 1)))
+    except Exception:  # outside a Tune session (direct call in a test): keep torch's default
+        return torch.get_num_threads()
+
+
+def run_trial(config: dict[str, Any], data: DataSplits | None = None,
+              options: TrialOptions = TrialOptions()) -> None:
+    """Ray Tune function trainable. ``data`` comes from the object store via with_parameters."""
+    recipe = recipe_from_config(config)
+    torch.set_num_threads(_trial_cpus())
+    device, gpu_ids = trial_device()
+    resume = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            resume = load_checkpoint(Path(d) / CHECKPOINT_FILE)
+
+    def report(metrics: dict[str, Any], state_fn: Any) -> None:
+        metrics = {**metrics, "device": str(device), "gpu_ids": gpu_ids, "pid": os.getpid()}
+        if metrics["epoch"] % options.checkpoint_every and "stop_reason" not in metrics:
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            save_checkpoint(state_fn(), Path(d) / CHECKPOINT_FILE)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+    train(recipe, data, device, report, resume=resume)

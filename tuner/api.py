@@ -1,0 +1,176 @@
+"""``tuner.tune(space, ...)``: the Python API over Ray Tune.
+
+A run is: validate the space -> load the data once on the driver -> put it in the object store
+(``tune.with_parameters``) -> ``ray.tune.Tuner`` with a searcher and a scheduler -> results
+(``results.csv``, ``best_recipe.yaml``, ``summary.json``) written into the experiment folder.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from search_spaces import SearchSpace, load_space
+from trainables.errors import ConfigError
+from trainables.recipe import DATA_KNOBS, KNOBS, Recipe
+from tuner.results import TuneResult, collect_results
+from tuner.schedulers import SchedulerOptions
+
+DEFAULT_STORAGE = "cnn-tuner-results"
+SETTINGS_FILE = "cnn_tuner_run.json"
+
+
+@dataclass
+class RunSettings:
+    """Everything that defines a tuning run; saved beside Ray's state so `resume` can rebuild it."""
+
+    space: dict[str, Any]
+    searcher: str = "tpe"
+    scheduler: str = "asha"
+    num_samples: int = 16
+    max_epochs: int = 12
+    metric: str = "val_acc"
+    mode: str = "max"
+    cpus_per_trial: float = 1
+    gpus_per_trial: float = 0
+    max_concurrent: int | None = None
+    seed: int = 0
+    max_failures: int = 2
+    checkpoint_every: int = 1
+    scheduler_options: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: Path) -> None:
+        (path / SETTINGS_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> RunSettings:
+        f = path / SETTINGS_FILE
+        if not f.is_file():
+            raise ConfigError(f"not a cnn-tuner experiment folder (no {SETTINGS_FILE})",
+                              where=str(path))
+        try:
+            return cls(**json.loads(f.read_text()))
+        except (json.JSONDecodeError, TypeError) as e:
+            raise ConfigError(f"corrupt run settings ({e})", where=str(f)) from None
+
+
+def resolve_space(space: SearchSpace | dict | str | Path, *, dataset: str | None = None,
+                  data_dir: str | None = None, max_epochs: int | None = None,
+                  fixed: dict[str, Any] | None = None) -> SearchSpace:
+    """The space to search: a preset name, YAML file, dict or SearchSpace, with CLI overrides
+    (dataset, data_dir, max_epochs -> epochs, --set knobs) fixed on top. Paths become absolute
+    because trials run in their own working directories."""
+    if isinstance(space, SearchSpace):
+        base = space.to_dict()
+    elif isinstance(space, dict):
+        base = SearchSpace.from_dict(space).to_dict()
+    else:
+        base = load_space(str(space)).to_dict()
+    extra = dict(fixed or {})
+    if dataset is not None:
+        extra["dataset"] = dataset
+    if data_dir is not None:
+        extra["data_dir"] = data_dir
+    if max_epochs is not None:
+        extra["epochs"] = max_epochs
+    base.update(extra)
+    for key in ("data_dir", "pretrained"):
+        value = base.get(key)
+        if isinstance(value, str) and value not in ("none", "") and (
+                key == "data_dir" or Path(value).exists()):
+            base[key] = str(Path(value).expanduser().resolve())
+    return SearchSpace.from_dict(base)
+
+
+def data_recipe(space: SearchSpace) -> Recipe:
+    """The Recipe holding only the space's data knobs: every trial shares its dataset."""
+    return Recipe.from_dict({k: v for k, v in space.fixed.items() if k in DATA_KNOBS})
+
+
+def possible_values(space: SearchSpace, knob: str) -> set[Any]:
+    """Every value ``knob`` can take in trials of ``space`` (its default when not in it)."""
+    if knob in space.fixed:
+        return {space.fixed[knob]}
+    dist = space.tuned.get(knob)
+    if dist is None:
+        return {KNOBS[knob].default}
+    return set(getattr(dist, "values", ())) | {KNOBS[knob].default} if dist.parent else \
+        set(getattr(dist, "values", ()))
+
+
+def _check_resources(space: SearchSpace, settings: RunSettings) -> None:
+    if settings.cpus_per_trial <= 0:
+        raise ConfigError(f"--cpus-per-trial: must be > 0, got {settings.cpus_per_trial}")
+    if settings.gpus_per_trial < 0:
+        raise ConfigError(f"--gpus-per-trial: must be >= 0, got {settings.gpus_per_trial}")
+    if settings.gpus_per_trial > 1 and settings.gpus_per_trial != int(settings.gpus_per_trial):
+        raise ConfigError("--gpus-per-trial: above 1 it must be a whole number, got "
+                          f"{settings.gpus_per_trial}")
+    if settings.num_samples < 1:
+        raise ConfigError(f"--num-samples: must be >= 1, got {settings.num_samples}")
+    if settings.max_concurrent is not None and settings.max_concurrent < 1:
+        raise ConfigError(f"--max-concurrent: must be >= 1, got {settings.max_concurrent}")
+    if settings.mode not in ("min", "max"):
+        raise ConfigError(f"mode: must be 'min' or 'max', got {settings.mode!r}")
+    if settings.scheduler == "pbt" and settings.searcher == "tpe":
+        raise ConfigError("--scheduler pbt: PBT explores by mutating configs itself; use "
+                          "--searcher random (or grid)")
+    if settings.gpus_per_trial == 0 and "fp16" in possible_values(space, "precision"):
+        raise ConfigError("knob 'precision': the space allows fp16, which needs a CUDA device, "
+                          "but --gpus-per-trial is 0")
+
+
+def tune(space: SearchSpace | dict | str | Path = "quick", *, dataset: str | None = None,
+         data_dir: str | None = None, searcher: str = "tpe", scheduler: str = "asha",
+         num_samples: int = 16, max_epochs: int | None = None, metric: str = "val_acc",
+         mode: str = "max", cpus_per_trial: float = 1, gpus_per_trial: float = 0,
+         max_concurrent: int | None = None, storage: str | Path | None = None,
+         name: str | None = None, seed: int = 0, address: str | None = None,
+         fixed: dict[str, Any] | None = None, scheduler_options: SchedulerOptions | None = None,
+         max_failures: int = 2, checkpoint_every: int = 1, resume: bool = False,
+         verbose: int = 1) -> TuneResult:
+    """Search ``space`` with Ray Tune and return the trials, the best recipe and its metrics.
+
+    ``space`` is a preset name, a YAML path, a dict of knob -> distribution or value, or a
+    SearchSpace. ``fixed`` fixes knobs on top (the CLI's ``--set``). Everything is validated
+    before Ray starts; errors are ``ConfigError`` with one line naming the knob and the rule.
+    """
+    from tuner.runner import run_experiment  # imports Ray: keep `import tuner` light
+
+    space_obj = resolve_space(space, dataset=dataset, data_dir=data_dir, max_epochs=max_epochs,
+                              fixed=fixed)
+    epochs = space_obj.fixed.get("epochs")
+    if epochs is None:
+        raise ConfigError("max_epochs: the space tunes 'epochs'; fix it (the budget ASHA counts "
+                          "in) with max_epochs=N / --max-epochs N")
+    settings = RunSettings(
+        space=space_obj.to_dict(), searcher=searcher, scheduler=scheduler,
+        num_samples=num_samples, max_epochs=int(epochs), metric=metric, mode=mode,
+        cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+        max_concurrent=max_concurrent, seed=seed, max_failures=max_failures,
+        checkpoint_every=checkpoint_every,
+        scheduler_options=asdict(scheduler_options or SchedulerOptions()))
+    _check_resources(space_obj, settings)
+    name = name or f"{space_obj.fixed.get('dataset', 'digits')}-{searcher}-{scheduler}-" \
+                   f"{datetime.now():%Y%m%d-%H%M%S}"
+    root = str(storage or DEFAULT_STORAGE)
+    if "://" not in root:
+        root = str(Path(root).expanduser().resolve())
+    start = time.time()
+    result_grid, path = run_experiment(settings, space_obj, storage=root, name=name,
+                                       address=address, resume=resume, verbose=verbose)
+    return collect_results(result_grid, settings, path, wall_time_s=time.time() - start)
+
+
+def resume(path: str | Path, *, address: str | None = None, verbose: int = 1) -> TuneResult:
+    """Finish an interrupted experiment: unfinished trials resume from their checkpoints,
+    errored ones restart, the searcher keeps its history."""
+    from tuner.runner import restore_experiment
+
+    start = time.time()
+    result_grid, settings, exp_path = restore_experiment(path, address=address, verbose=verbose)
+    return collect_results(result_grid, settings, exp_path, wall_time_s=time.time() - start)

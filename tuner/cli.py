@@ -1,0 +1,193 @@
+"""The ``cnn-tuner`` command line: argument parsing and error handling only.
+
+User mistakes (``ConfigError``) print one line and exit with code 2, without a traceback; the
+work itself lives in the modules each command calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from datetime import datetime
+from pathlib import Path
+
+from trainables.errors import ConfigError
+from tuner.overrides import parse_sets
+
+EXIT_USAGE = 2
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from trainables.recipe import Recipe
+    from tuner.train_run import train_to_dir
+
+    overrides = parse_sets(args.set)
+    if args.recipe:
+        recipe = Recipe.from_yaml(args.recipe, overrides)
+    else:
+        recipe = Recipe.from_dict(overrides, where="--set")
+    out = Path(args.out or f"runs/train-{datetime.now():%Y%m%d-%H%M%S}")
+    final = train_to_dir(recipe, out, device=args.device)
+    print(f"wrote {out}/recipe.yaml, metrics.csv, result.json, checkpoint.pt "
+          f"(test_acc {final['test_acc']:.4f}, {final['stop_reason']})")
+    return 0
+
+
+def _print_summary(result) -> None:  # noqa: ANN001
+    s = result.summary
+    print(f"\n{s['trials']} trials: {s['completed']} completed, {s['early_stopped']} stopped early, "
+          f"{s['non_finite']} non-finite, {s['errored']} errored; "
+          f"{s['total_trial_epochs']} of {s['budget_trial_epochs']} trial-epochs; "
+          f"wall time {s['wall_time_s']:.0f}s")
+    if result.best_recipe is None:
+        print("no trial produced a result")
+        return
+    print(f"best trial {s['best_trial']}: val_acc {s['best_val_acc']:.4f}  "
+          f"test_acc {s['best_test_acc'] if s['best_test_acc'] is None else format(s['best_test_acc'], '.4f')}")
+    print(f"best recipe: {result.path}/best_recipe.yaml "
+          f"(retrain: cnn-tuner train --recipe {result.path}/best_recipe.yaml)")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from tuner.api import tune
+    from tuner.schedulers import SchedulerOptions
+
+    opts = SchedulerOptions(grace_period=args.grace_period,
+                            reduction_factor=args.reduction_factor)
+    result = tune(args.space, dataset=args.dataset, data_dir=args.data_dir,
+                  searcher=args.searcher, scheduler=args.scheduler,
+                  num_samples=args.num_samples, max_epochs=args.max_epochs,
+                  cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                  max_concurrent=args.max_concurrent, storage=args.storage, name=args.name,
+                  seed=args.seed, address=args.address, fixed=parse_sets(args.set),
+                  scheduler_options=opts, max_failures=args.max_failures,
+                  checkpoint_every=args.checkpoint_every, resume=args.resume,
+                  verbose=args.verbose)
+    _print_summary(result)
+    return 0
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from tuner.api import resume
+
+    _print_summary(resume(args.path, address=args.address, verbose=args.verbose))
+    return 0
+
+
+def _cmd_results(args: argparse.Namespace) -> int:
+    from tuner.results import load_results
+
+    df, summary = load_results(args.path)
+    metric, mode = summary["metric"], summary["mode"]
+    top = df.sort_values(metric, ascending=mode == "min").head(args.top)
+    tuned = [c for c in df.columns if c in (summary.get("tuned") or df.columns)
+             and df[c].nunique(dropna=True) > 1 and c not in ("trial_id", "error")]
+    cols = ["trial_id", "status", "epochs_run", metric, "test_acc",
+            *[c for c in tuned if c not in ("status", "epochs_run", metric, "test_acc")]]
+    import pandas as pd
+
+    with pd.option_context("display.max_columns", 30, "display.width", 200):
+        print(top[[c for c in dict.fromkeys(cols) if c in top.columns]].to_string(index=False))
+    if args.export_best:
+        from trainables.recipe import Recipe
+
+        if not summary.get("best_recipe"):
+            raise ConfigError("no best recipe in this experiment", where=args.path)
+        Recipe.from_dict(summary["best_recipe"]).to_yaml(args.export_best)
+        print(f"wrote {args.export_best}")
+    return 0
+
+
+def _cmd_spaces(args: argparse.Namespace) -> int:
+    from search_spaces import SearchSpace, list_presets, load_space
+
+    if args.action == "list":
+        for name in list_presets():
+            print(name)
+    elif args.action == "show":
+        print(load_space(args.target).to_yaml(), end="")
+    else:
+        SearchSpace.from_yaml(args.target)
+        print(f"{args.target}: ok")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cnn-tuner", description="Tune CNN training recipes with Ray Tune.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one recipe (no Ray) and write its results")
+    p.add_argument("--recipe", help="recipe YAML file (default: the built-in defaults)")
+    p.add_argument("--set", action="append", metavar="KNOB=VALUE",
+                   help="override a knob (repeatable), e.g. --set lr=0.1")
+    p.add_argument("--out", help="output folder (default: runs/train-<time>)")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("run", help="tune a search space with Ray Tune (default: digits, quick "
+                       "preset, TPE + ASHA, all CPU cores)")
+    p.add_argument("--space", default="quick", help="preset name or YAML file (default: quick)")
+    p.add_argument("--dataset", help="fix the dataset knob")
+    p.add_argument("--data-dir", help="fix the data_dir knob")
+    p.add_argument("--searcher", default="tpe", help="grid | random | tpe (default: tpe)")
+    p.add_argument("--scheduler", default="asha",
+                   help="fifo | asha | hyperband | median | pbt (default: asha)")
+    p.add_argument("--num-samples", type=int, default=16, help="trials to run (default: 16)")
+    p.add_argument("--max-epochs", type=int, help="fix the epochs knob (ASHA's max_t)")
+    p.add_argument("--cpus-per-trial", type=float, default=1)
+    p.add_argument("--gpus-per-trial", type=float, default=0,
+                   help="GPUs per trial; fractions pack trials (0.5: two per GPU)")
+    p.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
+    p.add_argument("--storage", help="results root: a path or URI (default: ./cnn-tuner-results)")
+    p.add_argument("--name", help="experiment name (default: dataset-searcher-scheduler-time)")
+    p.add_argument("--seed", type=int, default=0, help="searcher seed")
+    p.add_argument("--address", help="an existing Ray cluster ('auto' or host:port)")
+    p.add_argument("--set", action="append", metavar="KNOB=VALUE", help="fix a knob (repeatable)")
+    p.add_argument("--grace-period", type=int, default=2, help="epochs before ASHA may stop")
+    p.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA/HyperBand eta")
+    p.add_argument("--max-failures", type=int, default=2, help="retries per trial")
+    p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints")
+    p.add_argument("--resume", action="store_true", help="resume the experiment if it exists")
+    p.add_argument("--verbose", type=int, default=1, help="Ray Tune verbosity 0-3")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("resume", help="finish an interrupted experiment")
+    p.add_argument("path", help="the experiment folder (STORAGE/NAME)")
+    p.add_argument("--address", help="an existing Ray cluster")
+    p.add_argument("--verbose", type=int, default=1)
+    p.set_defaults(func=_cmd_resume)
+
+    p = sub.add_parser("results", help="top trials of a finished experiment")
+    p.add_argument("path", help="the experiment folder")
+    p.add_argument("--top", type=int, default=10)
+    p.add_argument("--export-best", metavar="FILE", help="write the best recipe as YAML")
+    p.set_defaults(func=_cmd_results)
+
+    p = sub.add_parser("spaces", help="list, show or validate search spaces")
+    p.add_argument("action", choices=["list", "show", "validate"])
+    p.add_argument("target", nargs="?", help="preset name (show) or YAML file (validate)")
+    p.set_defaults(func=_cmd_spaces)
+    return parser
+
+
+def _one_line_warnings(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
+    return f"cnn-tuner: warning: {message}\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _one_line_warnings
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"cnn-tuner: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("cnn-tuner: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

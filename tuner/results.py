@@ -1,0 +1,148 @@
+"""Results of a tuning run: one row per trial, the best recipe, and the files written at the end.
+
+``results.csv``: a row per trial (knobs, final metrics, ``epochs_run``, ``status``);
+``best_recipe.yaml``: the best trial's resolved Recipe (``cnn-tuner train --recipe`` reproduces
+it); ``summary.json``: the best trial, its val_acc and test_acc, trial counts, trial-epochs and
+wall time.
+
+A trial's ``status`` is completed (ran all its epochs), early_stopped (its own patience, or the
+scheduler such as ASHA stopped it: see ``stop_reason``), non_finite (loss became NaN/inf) or
+errored (raised; see ``error``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from trainables.errors import ConfigError
+from trainables.recipe import KNOBS, Recipe
+
+METRIC_COLUMNS = ("val_acc", "val_loss", "train_acc", "train_loss", "test_acc", "lr",
+                  "images_per_s")
+RESULTS_CSV, BEST_RECIPE, SUMMARY = "results.csv", "best_recipe.yaml", "summary.json"
+
+
+@dataclass
+class TuneResult:
+    """What `tuner.tune` returns."""
+
+    dataframe: pd.DataFrame
+    best_recipe: Recipe | None
+    best_metrics: dict[str, Any]
+    summary: dict[str, Any]
+    path: str
+
+
+def _status(metrics: dict[str, Any], error: Any, scheduler: str) -> tuple[str, str]:
+    if error is not None:
+        return "errored", "error"
+    reason = metrics.get("stop_reason")
+    if reason == "completed":
+        return "completed", reason
+    if reason == "early_stopped":
+        return "early_stopped", reason
+    if reason == "non_finite_loss":
+        return "non_finite", reason
+    return "early_stopped", f"{scheduler}_stopped"
+
+
+def _error_line(error: Any) -> str:
+    text = str(error).strip().splitlines()
+    last = [ln for ln in text if ln.strip()]
+    return last[-1][:300] if last else type(error).__name__
+
+
+def trial_rows(result_grid: Any, scheduler: str) -> pd.DataFrame:
+    """One row per trial from a Ray ResultGrid."""
+    rows = []
+    for res in result_grid:
+        metrics = dict(res.metrics or {})
+        status, reason = _status(metrics, res.error, scheduler)
+        row: dict[str, Any] = {"trial_id": metrics.get("trial_id") or Path(res.path).name,
+                               "status": status, "stop_reason": reason,
+                               "epochs_run": int(metrics.get("epoch", 0) or 0)}
+        row.update({k: v for k, v in (res.config or {}).items() if k in KNOBS})
+        row.update({k: metrics.get(k, math.nan) for k in METRIC_COLUMNS})
+        row["time_total_s"] = metrics.get("time_total_s", math.nan)
+        row["error"] = _error_line(res.error) if res.error is not None else ""
+        row["path"] = res.path
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def pick_best(df: pd.DataFrame, metric: str, mode: str) -> pd.Series | None:
+    """The best trial among those that ended on their own (completed or their own early
+    stopping), so `cnn-tuner train` with its recipe reproduces it; else among all that ran."""
+    ran = df[df["status"] != "errored"].dropna(subset=[metric]) if len(df) else df
+    finished = ran[ran["stop_reason"].isin(["completed", "early_stopped"])]
+    pool = finished if len(finished) else ran
+    if not len(pool):
+        return None
+    idx = pool[metric].idxmax() if mode == "max" else pool[metric].idxmin()
+    return pool.loc[idx]
+
+
+def collect_results(result_grid: Any, settings: Any, path: str,
+                    wall_time_s: float) -> TuneResult:
+    """Build the trial table, pick the best, write results.csv / best_recipe.yaml /
+    summary.json into the experiment folder."""
+    df = trial_rows(result_grid, settings.scheduler)
+    best = pick_best(df, settings.metric, settings.mode)
+    best_recipe, best_metrics = None, {}
+    if best is not None:
+        config = next(r.config for r in result_grid if r.path == best["path"])
+        best_recipe = Recipe.from_dict({k: v for k, v in config.items()
+                                        if k in KNOBS and v is not None})
+        best_metrics = {k: _plain(best[k]) for k in ("trial_id", *METRIC_COLUMNS, "epochs_run",
+                                                    "stop_reason")}
+    counts = df["status"].value_counts().to_dict() if len(df) else {}
+    summary = {
+        "best_trial": best_metrics.get("trial_id"),
+        "best_val_acc": best_metrics.get("val_acc"),
+        "best_test_acc": best_metrics.get("test_acc"),
+        "trials": len(df),
+        **{k: int(counts.get(k, 0)) for k in ("completed", "early_stopped", "non_finite",
+                                             "errored")},
+        "total_trial_epochs": int(df["epochs_run"].sum()) if len(df) else 0,
+        "budget_trial_epochs": len(df) * settings.max_epochs,
+        "wall_time_s": round(wall_time_s, 2),
+        "searcher": settings.searcher, "scheduler": settings.scheduler,
+        "num_samples": settings.num_samples, "max_epochs": settings.max_epochs,
+        "metric": settings.metric, "mode": settings.mode,
+        "best_recipe": best_recipe.to_dict() if best_recipe else None,
+    }
+    if "://" not in path:
+        out = Path(path)
+        df.drop(columns=["path"]).to_csv(out / RESULTS_CSV, index=False)
+        if best_recipe is not None:
+            best_recipe.to_yaml(out / BEST_RECIPE)
+        (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    return TuneResult(dataframe=df, best_recipe=best_recipe, best_metrics=best_metrics,
+                      summary=summary, path=path)
+
+
+def _plain(v: Any) -> Any:
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    return v
+
+
+def load_results(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """results.csv and summary.json of a finished experiment folder."""
+    p = Path(path)
+    csv, summary = p / RESULTS_CSV, p / SUMMARY
+    if not csv.is_file() or not summary.is_file():
+        raise ConfigError(f"no {RESULTS_CSV}/{SUMMARY} here: not a finished cnn-tuner "
+                          "experiment (resume it with `cnn-tuner resume PATH`)", where=str(p))
+    try:
+        return pd.read_csv(csv), json.loads(summary.read_text())
+    except (ValueError, pd.errors.ParserError) as e:
+        raise ConfigError(f"corrupt results file ({e})", where=str(p)) from None

@@ -1,0 +1,129 @@
+"""The Ray side of a run: start or join Ray, build the trainable and the Tuner, fit, restore.
+
+The dataset is loaded once here, on the driver, and handed to ``tune.with_parameters``, which
+puts it in Ray's object store once; every trial on every node reads it from there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
+
+from search_spaces import SearchSpace, pbt_mutations
+from trainables.data import DataSplits, load_data
+from trainables.errors import ConfigError
+from trainables.trainable import TrialOptions, run_trial
+from tuner.schedulers import SchedulerOptions, build_scheduler
+from tuner.searchers import build_search
+
+# Ray's own chatter that tells a CLI user nothing.
+os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+
+
+def load_run_data(space: SearchSpace) -> DataSplits:
+    """The run's dataset, loaded on the driver before Ray starts (missing data fails fast)."""
+    from tuner.api import data_recipe
+
+    r = data_recipe(space)
+    return load_data(r.dataset, data_dir=r.data_dir, download=r.download,
+                     val_fraction=r.val_fraction, image_size=r.image_size,
+                     split_seed=r.split_seed)
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None) -> Iterator[None]:
+    """Join ``address`` (an existing cluster) or start a local Ray bound to loopback; shut down
+    only what this call started."""
+    if ray.is_initialized():
+        yield
+        return
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1",
+                 configure_logging=True, logging_level="warning")
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def build_trainable(settings: Any, data: DataSplits) -> Any:
+    options = TrialOptions(checkpoint_every=settings.checkpoint_every)
+    trainable = tune.with_parameters(run_trial, data=data, options=options)
+    return tune.with_resources(trainable, {"cpu": settings.cpus_per_trial,
+                                           "gpu": settings.gpus_per_trial})
+
+
+def _run_config(settings: Any, storage: str, name: str, verbose: int) -> RunConfig:
+    return RunConfig(
+        name=name, storage_path=storage, verbose=verbose,
+        failure_config=FailureConfig(max_failures=settings.max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=2),
+    )
+
+
+def run_experiment(settings: Any, space: SearchSpace, *, storage: str, name: str,
+                   address: str | None, resume: bool, verbose: int) -> tuple[Any, str]:
+    """Fit a new experiment (or resume it when ``resume`` and it exists)."""
+    path = f"{storage.rstrip('/')}/{name}"
+    exists = Tuner.can_restore(path)
+    if exists and not resume:
+        raise ConfigError(f"experiment {path} already exists; finish it with `cnn-tuner resume "
+                          f"{path}` (or pass --resume), or choose another --name")
+    plan = build_search(settings.searcher, space, seed=settings.seed,
+                        num_samples=settings.num_samples, metric=settings.metric,
+                        mode=settings.mode)
+    mutations = pbt_mutations(space) if settings.scheduler == "pbt" else None
+    scheduler = build_scheduler(settings.scheduler, settings.max_epochs,
+                                SchedulerOptions(**settings.scheduler_options), mutations)
+    data = load_run_data(space)
+    with ray_session(address):
+        if exists:
+            return _restore(path, settings, data, verbose), path
+        if "://" not in path:
+            Path(path).mkdir(parents=True, exist_ok=True)
+            settings.save(Path(path))
+        tuner = Tuner(
+            build_trainable(settings, data), param_space=plan.param_space,
+            tune_config=TuneConfig(
+                metric=settings.metric, mode=settings.mode, search_alg=plan.search_alg,
+                scheduler=scheduler, num_samples=settings.num_samples,
+                max_concurrent_trials=settings.max_concurrent, reuse_actors=True,
+                trial_dirname_creator=_trial_dirname),
+            run_config=_run_config(settings, storage, name, verbose))
+        return tuner.fit(), path
+
+
+def _restore(path: str, settings: Any, data: DataSplits, verbose: int) -> Any:
+    tuner = Tuner.restore(path, trainable=build_trainable(settings, data),
+                          resume_unfinished=True, restart_errored=True)
+    return tuner.fit()
+
+
+def restore_experiment(path: str | Path, *, address: str | None,
+                       verbose: int) -> tuple[Any, Any, str]:
+    """Resume an experiment folder written by `cnn-tuner run`."""
+    from tuner.api import RunSettings
+
+    path = str(Path(path).expanduser().resolve()) if "://" not in str(path) else str(path)
+    settings = RunSettings.load(Path(path))
+    if not Tuner.can_restore(path):
+        raise ConfigError("no Ray Tune experiment state to resume (experiment_state-*.json is "
+                          "missing)", where=path)
+    space = SearchSpace.from_dict(settings.space)
+    data = load_run_data(space)
+    with ray_session(address):
+        return _restore(path, settings, data, verbose), settings, path

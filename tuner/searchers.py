@@ -1,0 +1,77 @@
+"""Searchers by name: grid, random, tpe (hyperopt), each returning flat Recipe configs.
+
+* ``grid`` and ``random`` use Ray Tune's BasicVariantGenerator over the converted param space
+  (inactive conditional knobs come back as None, which the trainable drops).
+* ``tpe`` uses Ray's HyperOptSearch over a native hyperopt space with nested choices, so TPE
+  learns the conditional structure; its nested suggestions are flattened to Recipe knobs here,
+  so every searcher hands trials the same flat config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ray.tune.search import BasicVariantGenerator, Searcher
+from ray.tune.search.hyperopt import HyperOptSearch
+
+from search_spaces import Grid, SearchSpace, flatten_config, to_hyperopt_space, to_tune_param_space
+from trainables.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """What Tuner needs from a searcher: the search_alg and the param_space it samples from."""
+
+    search_alg: Searcher | None
+    param_space: dict[str, Any]
+
+
+class FlatHyperOptSearch(HyperOptSearch):
+    """HyperOptSearch whose suggestions are flat Recipe knobs plus the space's fixed values."""
+
+    def __init__(self, *args: Any, fixed: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._fixed = dict(fixed)
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        if config is None or config is Searcher.FINISHED:
+            return config
+        return {**self._fixed, **flatten_config(config)}
+
+
+def _variants(space: SearchSpace, seed: int, num_samples: int, metric: str,
+              mode: str) -> SearchPlan:
+    return SearchPlan(BasicVariantGenerator(random_state=seed), to_tune_param_space(space, seed))
+
+
+def _tpe(space: SearchSpace, seed: int, num_samples: int, metric: str, mode: str) -> SearchPlan:
+    if any(isinstance(d, Grid) for d in space.tuned.values()):
+        raise ConfigError("searcher 'tpe': grid values need --searcher grid (or use choice)")
+    if not space.tuned:  # nothing to learn: every trial is the same fixed recipe
+        return _variants(space, seed, num_samples, metric, mode)
+    # A quarter of the budget as random start-up points (hyperopt's default is 20, too many
+    # for small budgets), at least 4 so TPE's density estimates have something to fit.
+    n_initial = max(4, num_samples // 4)
+    alg = FlatHyperOptSearch(space=to_hyperopt_space(space), fixed=space.fixed, metric=metric,
+                             mode=mode, n_initial_points=n_initial, random_state_seed=seed)
+    return SearchPlan(alg, {})
+
+
+SEARCHERS: dict[str, Callable[[SearchSpace, int, int, str, str], SearchPlan]] = {
+    "grid": _variants, "random": _variants, "tpe": _tpe,
+}
+
+
+def build_search(name: str, space: SearchSpace, *, seed: int, num_samples: int,
+                 metric: str = "val_acc", mode: str = "max") -> SearchPlan:
+    """The search plan for searcher ``name``; unknown names list the valid ones."""
+    if name not in SEARCHERS:
+        raise ConfigError(f"--searcher: unknown searcher {name!r}; valid: {', '.join(SEARCHERS)}")
+    sampled = [k for k, d in space.tuned.items() if not isinstance(d, Grid)]
+    if name == "grid" and sampled:
+        raise ConfigError(f"searcher 'grid': every tuned knob must be a grid, but {sampled[0]!r} "
+                          "is sampled (use --searcher random, or give it grid: [...])")
+    return SEARCHERS[name](space, seed, num_samples, metric, mode)

@@ -1,0 +1,53 @@
+"""``cnn-tuner train``: one recipe, trained in this process, with its files written to a folder.
+
+Writes ``recipe.yaml`` (resolved), ``metrics.csv`` (a row per epoch), ``result.json`` (final
+metrics and stop_reason) and ``checkpoint.pt`` (usable as ``pretrained`` by a later run).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from trainables.checkpoint import save_checkpoint
+from trainables.loop import train
+from trainables.recipe import Recipe
+
+_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s",
+            "epoch_time_s")
+
+
+def format_epoch(m: dict[str, Any], epochs: int) -> str:
+    line = (f"epoch {m['epoch']:>3}/{epochs}  train_loss {m['train_loss']:.4f}  "
+            f"train_acc {m['train_acc']:.4f}  val_loss {m['val_loss']:.4f}  "
+            f"val_acc {m['val_acc']:.4f}  lr {m['lr']:.3g}  {m['images_per_s']:,.0f} img/s  "
+            f"{m['epoch_time_s']:.1f}s")
+    if "stop_reason" in m:
+        line += f"\n{m['stop_reason']}: test_acc {m['test_acc']:.4f}"
+    return line
+
+
+def train_to_dir(recipe: Recipe, out: Path, device: str | None = None,
+                 quiet: bool = False) -> dict[str, Any]:
+    """Train and write the four result files; returns the final metrics."""
+    out.mkdir(parents=True, exist_ok=True)
+    recipe.to_yaml(out / "recipe.yaml")
+    last_state: dict[str, Any] = {}
+
+    def report(metrics: dict[str, Any], state_fn: Any) -> None:
+        if not quiet:
+            print(format_epoch(metrics, recipe.epochs), flush=True)
+        if "stop_reason" in metrics:
+            last_state["state"] = state_fn()
+
+    result = train(recipe, device=device, report=report)
+    pd.DataFrame(result.history).reindex(columns=[*_COLUMNS, "precision"]).to_csv(
+        out / "metrics.csv", index=False)
+    final = {k: v for k, v in result.final.items()}
+    final["epochs_run"] = len(result.history)
+    (out / "result.json").write_text(json.dumps(final, indent=2) + "\n")
+    save_checkpoint(last_state["state"], out / "checkpoint.pt")
+    return final
