@@ -37,7 +37,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"refused: not a readable plain-tensor checkpoint "
-                          f"(torch.load weights_only=True: {first[:160]})", where=str(path)) from None
+                          f"(torch.load weights_only=True: {first[:160]})",
+                          where=str(path)) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state:
         raise ConfigError(f"not a cnn-tuner checkpoint (expected a dict with format {FORMAT!r} "
                           "and a 'model' state_dict)", where=str(path))

@@ -47,7 +47,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: bf16 on CUDA where supported, else fp16; fp32 on CPU (bf16 is slow on most CPUs)."""
+    """``auto``: bf16 on CUDA where supported, else fp16; fp32 on CPU (slow bf16 on most CPUs)."""
     if precision != "auto":
         return precision
     if device.type == "cuda":

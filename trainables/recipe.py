@@ -178,7 +178,9 @@ class Recipe:
             recipe = cls(**coerced)
             recipe.validate()
         except ConfigError as e:
-            raise e.at(where) if where else e
+            if where:
+                raise e.at(where) from None
+            raise
         return recipe
 
     @classmethod

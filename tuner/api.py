@@ -149,14 +149,15 @@ def tune(space: SearchSpace | dict | str | Path = "quick", *, dataset: str | Non
                           "in) with max_epochs=N / --max-epochs N")
     settings = RunSettings(
         space=space_obj.to_dict(), searcher=searcher, scheduler=scheduler,
-        num_samples=num_samples, max_epochs=int(epochs), metric=metric, mode=mode,
+        num_samples=1 if searcher == "grid" else num_samples,  # grid: each point once
+        max_epochs=int(epochs), metric=metric, mode=mode,
         cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
         max_concurrent=max_concurrent, seed=seed, max_failures=max_failures,
         checkpoint_every=checkpoint_every,
         scheduler_options=asdict(scheduler_options or SchedulerOptions()))
     _check_resources(space_obj, settings)
-    name = name or f"{space_obj.fixed.get('dataset', 'digits')}-{searcher}-{scheduler}-" \
-                   f"{datetime.now():%Y%m%d-%H%M%S}"
+    dataset_name = space_obj.fixed.get("dataset", "digits")
+    name = name or f"{dataset_name}-{searcher}-{scheduler}-{datetime.now():%Y%m%d-%H%M%S}"
     root = str(storage or DEFAULT_STORAGE)
     if "://" not in root:
         root = str(Path(root).expanduser().resolve())

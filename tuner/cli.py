@@ -36,15 +36,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _print_summary(result) -> None:  # noqa: ANN001
     s = result.summary
-    print(f"\n{s['trials']} trials: {s['completed']} completed, {s['early_stopped']} stopped early, "
-          f"{s['non_finite']} non-finite, {s['errored']} errored; "
+    print(f"\n{s['trials']} trials: {s['completed']} completed, {s['early_stopped']} stopped "
+          f"early, {s['non_finite']} non-finite, {s['errored']} errored; "
           f"{s['total_trial_epochs']} of {s['budget_trial_epochs']} trial-epochs; "
           f"wall time {s['wall_time_s']:.0f}s")
     if result.best_recipe is None:
         print("no trial produced a result")
         return
-    print(f"best trial {s['best_trial']}: val_acc {s['best_val_acc']:.4f}  "
-          f"test_acc {s['best_test_acc'] if s['best_test_acc'] is None else format(s['best_test_acc'], '.4f')}")
+    test = "n/a" if s["best_test_acc"] is None else f"{s['best_test_acc']:.4f}"
+    print(f"best trial {s['best_trial']}: val_acc {s['best_val_acc']:.4f}  test_acc {test}")
     print(f"best recipe: {result.path}/best_recipe.yaml "
           f"(retrain: cnn-tuner train --recipe {result.path}/best_recipe.yaml)")
 
@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KNOB=VALUE",
                    help="override a knob (repeatable), e.g. --set lr=0.1")
     p.add_argument("--out", help="output folder (default: runs/train-<time>)")
-    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
+    p.add_argument("--device", default=None,
+                   help="cpu | cuda | cuda:N (default: cuda if available)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("run", help="tune a search space with Ray Tune (default: digits, quick "
@@ -145,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="searcher seed")
     p.add_argument("--address", help="an existing Ray cluster ('auto' or host:port)")
     p.add_argument("--set", action="append", metavar="KNOB=VALUE", help="fix a knob (repeatable)")
-    p.add_argument("--grace-period", type=int, default=2, help="epochs before ASHA may stop")
+    p.add_argument("--grace-period", type=int,
+                   help="epochs before ASHA/median may stop a trial (default: 2)")
     p.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA/HyperBand eta")
     p.add_argument("--max-failures", type=int, default=2, help="retries per trial")
     p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints")
@@ -184,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"cnn-tuner: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("cnn-tuner: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"cnn-tuner: {e or 'interrupted'}", file=sys.stderr)
         return 130
 
 

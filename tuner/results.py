@@ -23,7 +23,7 @@ import pandas as pd
 from trainables.errors import ConfigError
 from trainables.recipe import KNOBS, Recipe
 
-METRIC_COLUMNS = ("val_acc", "val_loss", "train_acc", "train_loss", "test_acc", "lr",
+METRIC_COLUMNS = ("val_acc", "val_loss", "train_acc", "train_loss", "test_acc",
                   "images_per_s")
 RESULTS_CSV, BEST_RECIPE, SUMMARY = "results.csv", "best_recipe.yaml", "summary.json"
 

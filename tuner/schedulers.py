@@ -29,14 +29,17 @@ TIME_ATTR = "training_iteration"
 class SchedulerOptions:
     """Knobs of the early-stopping schedulers; defaults suit 10-30 epoch budgets."""
 
-    grace_period: int = 2
+    grace_period: int | None = None  # None: 2 epochs, or max_epochs if that is smaller
     reduction_factor: float = 3.0
     perturbation_interval: int = 4  # pbt: epochs between exploit/explore steps
 
+    def grace(self, max_epochs: int) -> int:
+        return min(2, max_epochs) if self.grace_period is None else self.grace_period
+
     def check(self, max_epochs: int) -> None:
-        if self.grace_period < 1:
+        if self.grace_period is not None and self.grace_period < 1:
             raise ConfigError(f"--grace-period: must be >= 1 epoch, got {self.grace_period}")
-        if self.grace_period > max_epochs:
+        if self.grace(max_epochs) > max_epochs:
             raise ConfigError(f"--grace-period: must be <= max epochs ({max_epochs}), got "
                               f"{self.grace_period}")
         if self.reduction_factor <= 1:
@@ -52,7 +55,7 @@ def _fifo(max_epochs: int, opts: SchedulerOptions, mutations: dict) -> TrialSche
 
 def _asha(max_epochs: int, opts: SchedulerOptions, mutations: dict) -> TrialScheduler:
     return AsyncHyperBandScheduler(time_attr=TIME_ATTR, max_t=max_epochs,
-                                   grace_period=opts.grace_period,
+                                   grace_period=opts.grace(max_epochs),
                                    reduction_factor=opts.reduction_factor)
 
 
@@ -62,7 +65,7 @@ def _hyperband(max_epochs: int, opts: SchedulerOptions, mutations: dict) -> Tria
 
 
 def _median(max_epochs: int, opts: SchedulerOptions, mutations: dict) -> TrialScheduler:
-    return MedianStoppingRule(time_attr=TIME_ATTR, grace_period=opts.grace_period,
+    return MedianStoppingRule(time_attr=TIME_ATTR, grace_period=opts.grace(max_epochs),
                               min_samples_required=3)
 
 

@@ -1,0 +1,162 @@
+"""The tuning platform on real Ray and real training on digits, with tiny budgets."""
+
+import itertools
+import math
+
+import pandas as pd
+import pytest
+import ray
+
+from search_spaces import choice, grid, loguniform, randint, uniform
+from trainables.data import DataSplits
+from trainables.errors import ConfigError
+from trainables.loop import train
+from trainables.recipe import Recipe
+from tuner import tune
+from tuner.schedulers import SchedulerOptions, build_scheduler
+from tuner.searchers import build_search
+
+pytestmark = pytest.mark.ray
+TINY = {"dataset": "digits", "width": 8, "batch_size": 128}
+
+
+def _tune(tmp_path, space, **kw):
+    kw.setdefault("verbose", 0)
+    return tune(space, storage=tmp_path, name=kw.pop("name", "exp"), **kw)
+
+
+def test_grid_search_runs_exactly_the_grid(ray_local, tmp_path):
+    space = {**TINY, "lr": grid([0.05, 0.2]), "batch_size": grid([64, 128])}
+    res = _tune(tmp_path, space, searcher="grid", scheduler="fifo", max_epochs=1)
+    df = res.dataframe
+    assert len(df) == 4
+    pairs = set(zip(df["lr"], df["batch_size"], strict=True))
+    assert pairs == set(itertools.product([0.05, 0.2], [64, 128]))
+    assert (df["status"] == "completed").all()
+    written = pd.read_csv(tmp_path / "exp" / "results.csv")
+    assert len(written) == 4 and {"status", "epochs_run", "val_acc", "lr"} <= set(written)
+
+
+def test_tpe_honours_conditionals_and_configs_are_flat(ray_local, tmp_path):
+    space = {**TINY, "lr": loguniform(0.01, 0.3),
+             "lr_schedule": choice(["step", "cosine"]),
+             "step_size": randint(1, 3, when={"lr_schedule": "step"}),
+             "gamma": uniform(0.2, 0.8, when={"lr_schedule": "step"})}
+    res = _tune(tmp_path, space, searcher="tpe", scheduler="fifo", num_samples=6, max_epochs=1)
+    df = res.dataframe
+    assert len(df) == 6 and set(df["lr_schedule"]) <= {"step", "cosine"}
+    for _, row in df.iterrows():
+        is_step = row["lr_schedule"] == "step"
+        assert is_step == (not math.isnan(row["step_size"])), row.to_dict()
+        assert is_step == (not math.isnan(row["gamma"]))
+    grid_ = ray_local  # the trial configs themselves are flat Recipe knobs
+    del grid_
+    for path in df["path"]:
+        import json
+        from pathlib import Path
+        params = json.loads((Path(path) / "params.json").read_text())
+        assert all(not isinstance(v, dict) for v in params.values()), params
+        if params["lr_schedule"] != "step":
+            assert "step_size" not in params
+        Recipe.from_dict(params)
+
+
+def test_asha_stops_some_trials_early(ray_local, tmp_path):
+    space = {**TINY, "lr": loguniform(1e-4, 0.5)}
+    res = _tune(tmp_path, space, searcher="random", scheduler="asha", num_samples=8,
+                max_epochs=6, scheduler_options=SchedulerOptions(grace_period=2,
+                                                                 reduction_factor=3))
+    s = res.summary
+    assert s["trials"] == 8 and s["early_stopped"] >= 3, res.dataframe
+    assert s["total_trial_epochs"] <= 0.75 * 8 * 6
+    assert (res.dataframe.query("status == 'early_stopped'")["stop_reason"]
+            == "asha_stopped").all()
+    assert res.best_recipe is not None and s["best_test_acc"] is not None
+
+
+def test_fractional_gpus_pack_two_trials_per_gpu(ray_local, tmp_path, capfd):
+    space = {**TINY, "lr": grid([0.05, 0.1, 0.2, 0.3])}
+    res = _tune(tmp_path, space, searcher="grid", scheduler="fifo", max_epochs=2,
+                cpus_per_trial=0.5, gpus_per_trial=0.5)
+    df = res.dataframe
+    ids = sorted(str(g) for g in df["gpu_ids"]) if "gpu_ids" in df else None
+    rows = [r for r in ray_local.get(_trial_metrics.remote(list(df["path"])))]
+    assert sorted(r["gpu_ids"] for r in rows) == ["0", "0", "1", "1"], ids
+    assert all(r["device"] == "cpu" for r in rows)  # no CUDA here: trained on the CPU
+    spans = [(r["timestamp"] - r["time_total_s"], r["timestamp"]) for r in rows]
+    overlap = max(sum(1 for a, b in spans if a <= t < b) for t, _ in spans)
+    assert overlap == 4
+
+
+@ray.remote(num_cpus=0)
+def _trial_metrics(paths):
+    import json
+    from pathlib import Path
+    return [json.loads((Path(p) / "result.json").read_text().splitlines()[-1]) for p in paths]
+
+
+def test_dataset_is_put_in_object_store_once(ray_local, tmp_path, monkeypatch):
+    puts = []
+    real_put = ray.put
+
+    def counting_put(value, *a, **k):
+        if isinstance(value, DataSplits):
+            puts.append(value)
+        return real_put(value, *a, **k)
+
+    monkeypatch.setattr(ray, "put", counting_put)
+    _tune(tmp_path, {**TINY, "lr": loguniform(0.01, 0.3)}, searcher="random",
+          scheduler="fifo", num_samples=3, max_epochs=1)
+    assert len(puts) == 1
+
+
+def test_best_recipe_retrains_to_same_val_acc(ray_local, tmp_path):
+    import torch
+
+    res = _tune(tmp_path, {**TINY, "lr": loguniform(0.02, 0.3)}, searcher="random",
+                scheduler="fifo", num_samples=2, max_epochs=2)
+    exported = Recipe.from_yaml(tmp_path / "exp" / "best_recipe.yaml")
+    assert exported == res.best_recipe
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the trial ran with 1 CPU -> 1 thread
+    try:
+        again = train(exported, device="cpu")
+    finally:
+        torch.set_num_threads(threads)
+    assert again.final["val_acc"] == pytest.approx(res.best_metrics["val_acc"], abs=1e-9)
+
+
+def test_programmatic_space_like_the_readme(ray_local, tmp_path):
+    from tuner import tune as tune_
+
+    space = {
+        "dataset": "digits",
+        "width": 8,
+        "lr": loguniform(1e-2, 0.3),
+        "lr_schedule": choice(["step", "onecycle"]),
+        "step_size": randint(1, 2, when={"lr_schedule": "step"}),
+    }
+    result = tune_(space, num_samples=3, max_epochs=2, storage=tmp_path, name="readme",
+                   verbose=0)
+    assert len(result.dataframe) == 3
+    assert 0.0 <= result.best_metrics["val_acc"] <= 1.0
+    assert result.best_recipe.dataset == "digits" and result.path.endswith("readme")
+
+
+def test_existing_experiment_is_not_overwritten(ray_local, tmp_path):
+    space = {**TINY, "lr": 0.1}
+    _tune(tmp_path, space, searcher="random", scheduler="fifo", num_samples=1, max_epochs=1)
+    with pytest.raises(ConfigError, match="already exists.*cnn-tuner resume"):
+        _tune(tmp_path, space, searcher="random", scheduler="fifo", num_samples=1, max_epochs=1)
+
+
+# -- registries: pure logic, no Ray needed -----------------------------------------------------
+def test_unknown_searcher_and_scheduler_list_valid_names():
+    from search_spaces import SearchSpace
+
+    with pytest.raises(ConfigError, match="valid: grid, random, tpe"):
+        build_search("bayes", SearchSpace({"lr": 0.1}), seed=0, num_samples=1)
+    with pytest.raises(ConfigError, match="valid: fifo, asha, hyperband, median, pbt"):
+        build_scheduler("sha", 10)
+    with pytest.raises(ConfigError, match="grace-period"):
+        build_scheduler("asha", 10, SchedulerOptions(grace_period=20))
