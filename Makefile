@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/cnn-tuner train --out runs/demo
+	$(VENV)/bin/cnn-tuner run
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -7,9 +7,11 @@ resuming from ``tune.get_checkpoint()`` after a retry or a PBT exploit.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,8 +37,11 @@ class TrialOptions:
 
 
 def recipe_from_config(config: dict[str, Any]) -> Recipe:
-    """A trial config is flat Recipe knobs; None marks an inactive conditional knob (dropped)."""
-    return Recipe.from_dict({k: v for k, v in config.items() if v is not None})
+    """A trial config is flat Recipe knobs; None marks an inactive conditional knob (dropped).
+    Recipe warnings (e.g. step_size >= epochs) were shown once when the space was validated."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Recipe.from_dict({k: v for k, v in config.items() if v is not None})
 
 
 def trial_device() -> tuple[torch.device, str]:
@@ -65,6 +70,8 @@ def run_trial(config: dict[str, Any], data: DataSplits | None = None,
               options: TrialOptions = TrialOptions()) -> None:
     """Ray Tune function trainable. ``data`` comes from the object store via with_parameters."""
     recipe = recipe_from_config(config)
+    # one line per checkpoint from Ray Train's storage logger drowns the progress table
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     torch.set_num_threads(_trial_cpus())
     device, gpu_ids = trial_device()
     resume = None

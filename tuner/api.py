@@ -143,8 +143,8 @@ def tune(space: SearchSpace | dict | str | Path = "quick", *, dataset: str | Non
 
     space_obj = resolve_space(space, dataset=dataset, data_dir=data_dir, max_epochs=max_epochs,
                               fixed=fixed)
-    epochs = space_obj.fixed.get("epochs")
-    if epochs is None:
+    epochs = space_obj.fixed.get("epochs", KNOBS["epochs"].default)
+    if "epochs" in space_obj.tuned:
         raise ConfigError("max_epochs: the space tunes 'epochs'; fix it (the budget ASHA counts "
                           "in) with max_epochs=N / --max-epochs N")
     settings = RunSettings(

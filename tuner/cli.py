@@ -7,6 +7,7 @@ work itself lives in the modules each command calls.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import warnings
 from datetime import datetime
@@ -18,6 +19,41 @@ from tuner.overrides import parse_sets
 EXIT_USAGE = 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (exit 2), like every other user mistake."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _train_device(device: str | None) -> str:
+    """``--device``, checked before anything is written: a known device type that exists here."""
+    import torch
+
+    from trainables.loop import resolve_device
+
+    try:
+        dev = resolve_device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"--device: not a device: {device!r} (cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (dev.index is not None and dev.index >= count):
+            raise ConfigError(f"--device: {device!r} needs a CUDA device, but this machine has "
+                              f"{count} (use --device cpu)")
+    elif dev.type != "cpu":
+        raise ConfigError(f"--device: must be cpu, cuda or cuda:N, got {device!r}")
+    return str(dev)
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (what a failed run must remove)."""
+    missing, p = None, path.absolute()
+    while not p.exists():
+        missing, p = p, p.parent
+    return missing
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from trainables.recipe import Recipe
     from tuner.train_run import train_to_dir
@@ -27,8 +63,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
         recipe = Recipe.from_yaml(args.recipe, overrides)
     else:
         recipe = Recipe.from_dict(overrides, where="--set")
+    device = _train_device(args.device)
+    try:
+        recipe.check_device(device.split(":")[0])
+    except ConfigError as e:
+        raise e.at(args.recipe or "--set") from None
     out = Path(args.out or f"runs/train-{datetime.now():%Y%m%d-%H%M%S}")
-    final = train_to_dir(recipe, out, device=args.device)
+    if out.exists() and not out.is_dir():
+        raise ConfigError("--out: exists and is not a folder", where=str(out))
+    created = _first_missing(out)
+    try:
+        final = train_to_dir(recipe, out, device=device)
+    except ConfigError:
+        # data and model errors surface only once training starts: leave no half-written folder
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     print(f"wrote {out}/recipe.yaml, metrics.csv, result.json, checkpoint.pt "
           f"(test_acc {final['test_acc']:.4f}, {final['stop_reason']})")
     return 0
@@ -49,9 +99,35 @@ def _print_summary(result) -> None:  # noqa: ANN001
           f"(retrain: cnn-tuner train --recipe {result.path}/best_recipe.yaml)")
 
 
+def _check_run_args(args: argparse.Namespace) -> None:
+    """Numbers the API does not check itself; each would otherwise fail only inside Ray."""
+    if args.checkpoint_every < 1:
+        raise ConfigError(f"--checkpoint-every: must be >= 1 epoch, got {args.checkpoint_every}")
+    if args.max_failures < -1:
+        raise ConfigError(f"--max-failures: must be >= 0 (or -1: retry forever), got "
+                          f"{args.max_failures}")
+    if not 0 <= args.verbose <= 3:
+        raise ConfigError(f"--verbose: must be 0, 1, 2 or 3, got {args.verbose}")
+    if not 0 <= args.seed < 2**32:
+        raise ConfigError(f"--seed: must be in [0, 2**32), got {args.seed}")
+    if args.storage and "://" not in args.storage and Path(args.storage).exists() \
+            and not Path(args.storage).is_dir():
+        raise ConfigError("--storage: exists and is not a folder", where=args.storage)
+    if args.gpus_per_trial > 0 and not args.address:
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count < args.gpus_per_trial:
+            raise ConfigError(f"--gpus-per-trial: {args.gpus_per_trial:g} GPU(s) per trial, but "
+                              f"this machine has {count} CUDA device(s); no trial could start "
+                              "(use --address for a cluster with GPUs)")
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from tuner.api import tune
     from tuner.schedulers import SchedulerOptions
+
+    _check_run_args(args)
 
     opts = SchedulerOptions(grace_period=args.grace_period,
                             reduction_factor=args.reduction_factor)
@@ -105,7 +181,12 @@ def _cmd_spaces(args: argparse.Namespace) -> int:
     if args.action == "list":
         for name in list_presets():
             print(name)
-    elif args.action == "show":
+        return 0
+    if not args.target:
+        what = "a preset name or YAML file" if args.action == "show" else "a YAML file"
+        raise ConfigError(f"spaces {args.action}: needs {what} (presets: "
+                          f"{', '.join(list_presets())})")
+    if args.action == "show":
         print(load_space(args.target).to_yaml(), end="")
     else:
         SearchSpace.from_yaml(args.target)
@@ -114,7 +195,7 @@ def _cmd_spaces(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cnn-tuner", description="Tune CNN training recipes with Ray Tune.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -149,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grace-period", type=int,
                    help="epochs before ASHA/median may stop a trial (default: 2)")
     p.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA/HyperBand eta")
-    p.add_argument("--max-failures", type=int, default=2, help="retries per trial")
+    p.add_argument("--max-failures", type=int, default=2,
+                   help="retries per trial (-1: retry forever)")
     p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints")
     p.add_argument("--resume", action="store_true", help="resume the experiment if it exists")
     p.add_argument("--verbose", type=int, default=1, help="Ray Tune verbosity 0-3")

@@ -14,7 +14,7 @@ from typing import Any
 
 import ray
 from ray import tune
-from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
+from ray.tune import CheckpointConfig, CLIReporter, FailureConfig, RunConfig, TuneConfig, Tuner
 
 from search_spaces import SearchSpace, pbt_mutations
 from trainables.data import DataSplits, load_data
@@ -25,7 +25,7 @@ from tuner.searchers import build_search
 
 # Ray's own chatter that tells a CLI user nothing.
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 # Checkpointing every epoch forces frequent (cheap, ~10 ms) experiment snapshots; Ray warns.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
@@ -90,9 +90,22 @@ def build_trainable(settings: Any, data: DataSplits) -> Any:
                                            "gpu": settings.gpus_per_trial})
 
 
+def _reporter(settings: Any) -> CLIReporter:
+    """The live trial table: the tuned knobs and the epoch metrics, every 10 s at most."""
+    space = SearchSpace.from_dict(settings.space)
+    # conditional knobs are absent from some configs, which Ray's best-trial line can't show
+    always = [k for k, d in space.tuned.items() if d.parent is None]
+    return CLIReporter(parameter_columns=always[:8],
+                       metric_columns={"epoch": "epoch", "val_acc": "val_acc",
+                                       "val_loss": "val_loss", "images_per_s": "img/s"},
+                       max_report_frequency=10, sort_by_metric=True,
+                       print_intermediate_tables=True)
+
+
 def _run_config(settings: Any, storage: str, name: str, verbose: int) -> RunConfig:
     return RunConfig(
         name=name, storage_path=storage, verbose=verbose,
+        progress_reporter=_reporter(settings) if verbose else None,
         failure_config=FailureConfig(max_failures=settings.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=4),
     )
