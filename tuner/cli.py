@@ -194,6 +194,13 @@ def _cmd_spaces(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_knobs(args: argparse.Namespace) -> int:
+    from tuner.knob_table import markdown_table, text_table
+
+    print(markdown_table() if args.markdown else text_table())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="cnn-tuner", description="Tune CNN training recipes with Ray Tune.")
@@ -253,6 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["list", "show", "validate"])
     p.add_argument("target", nargs="?", help="preset name (show) or YAML file (validate)")
     p.set_defaults(func=_cmd_spaces)
+
+    p = sub.add_parser("knobs", help="every Recipe knob: meaning, valid values, default")
+    p.add_argument("--markdown", action="store_true", help="as the README's markdown table")
+    p.set_defaults(func=_cmd_knobs)
     return parser
 
 
