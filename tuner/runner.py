@@ -16,7 +16,7 @@ import ray
 from ray import tune
 from ray.tune import CheckpointConfig, CLIReporter, FailureConfig, RunConfig, TuneConfig, Tuner
 
-from search_spaces import SearchSpace, pbt_mutations
+from search_spaces import Grid, SearchSpace, pbt_mutations
 from trainables.data import DataSplits, load_data
 from trainables.errors import ConfigError
 from trainables.trainable import TrialOptions, run_trial
@@ -68,11 +68,22 @@ class RunInterrupted(KeyboardInterrupt):
                          f"cnn-tuner resume {path}")
 
 
-def _fit(tuner: Tuner, path: str) -> Any:
-    """Tuner.fit(), raising RunInterrupted if Ray stopped early (SIGINT) with trials left."""
+def expected_trials(settings: Any) -> int:
+    """Trials a complete run has: num_samples x the grid's points (grid knobs multiply)."""
+    points = 1
+    for dist in SearchSpace.from_dict(settings.space).tuned.values():
+        if isinstance(dist, Grid):
+            points *= len(dist.values)
+    return settings.num_samples * points
+
+
+def _fit(tuner: Tuner, path: str, settings: Any) -> Any:
+    """Tuner.fit(), raising RunInterrupted if Ray stopped early (SIGINT) with trials left:
+    a trial not finished, or fewer trials than the run asks for (not yet suggested)."""
     grid = tuner.fit()
     trials = grid._experiment_analysis.trials  # noqa: SLF001 - Ray exposes no public status
-    if any(t.status not in ("TERMINATED", "ERROR") for t in trials):
+    if (any(t.status not in ("TERMINATED", "ERROR") for t in trials)
+            or len(trials) < expected_trials(settings)):
         raise RunInterrupted(path)
     return grid
 
@@ -140,13 +151,13 @@ def run_experiment(settings: Any, space: SearchSpace, *, storage: str, name: str
                 max_concurrent_trials=settings.max_concurrent, reuse_actors=True,
                 trial_dirname_creator=_trial_dirname),
             run_config=_run_config(settings, storage, name, verbose))
-        return _fit(tuner, path), path
+        return _fit(tuner, path, settings), path
 
 
 def _restore(path: str, settings: Any, data: DataSplits, verbose: int) -> Any:
     tuner = Tuner.restore(path, trainable=build_trainable(settings, data),
                           resume_unfinished=True, restart_errored=True)
-    return _fit(tuner, path)
+    return _fit(tuner, path, settings)
 
 
 def restore_experiment(path: str | Path, *, address: str | None,

@@ -1,0 +1,56 @@
+"""An interrupted run (Ctrl+C on the CLI) resumes and finishes with every trial exactly once."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.ray
+CLI = [sys.executable, "-m", "tuner.cli"]
+
+
+def _finished_trials(exp: Path) -> dict[str, int]:
+    """trial dir -> epochs reported, for trials whose last result carries a stop_reason."""
+    done = {}
+    for result in exp.glob("trial_*/result.json"):
+        lines = result.read_text().splitlines()
+        if lines and "stop_reason" in json.loads(lines[-1]):
+            done[result.parent.name] = len(lines)
+    return done
+
+
+def test_ctrl_c_then_resume_finishes_every_trial_once(tmp_path):
+    exp = tmp_path / "exp"
+    run = subprocess.Popen(
+        [*CLI, "run", "--storage", str(tmp_path), "--name", "exp", "--num-samples", "6",
+         "--max-epochs", "3", "--searcher", "tpe", "--scheduler", "fifo", "--set", "width=8",
+         "--verbose", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    deadline = time.time() + 240
+    while time.time() < deadline and len(_finished_trials(exp)) < 2 and run.poll() is None:
+        time.sleep(0.5)
+    assert run.poll() is None, run.communicate()
+    before = _finished_trials(exp)
+    run.send_signal(signal.SIGINT)
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 130, err[-2000:]
+    assert f"cnn-tuner resume {exp}" in err
+    assert not (exp / "results.csv").exists()
+
+    resumed = subprocess.run([*CLI, "resume", str(exp), "--verbose", "0"], capture_output=True,
+                             text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    df = pd.read_csv(exp / "results.csv")
+    assert len(df) == 6 and df["trial_id"].is_unique
+    assert (df["status"] == "completed").all() and (df["epochs_run"] == 3).all()
+    after = _finished_trials(exp)
+    for trial, epochs in before.items():  # finished before Ctrl+C: not rerun
+        assert after[trial] == epochs == 3
+    summary = json.loads((exp / "summary.json").read_text())
+    assert summary["trials"] == 6 and summary["best_test_acc"] is not None
