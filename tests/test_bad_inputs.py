@@ -169,6 +169,7 @@ CLI_ARGS: list[tuple[list[str], tuple[str, ...]]] = [
     (["spaces", "frobnicate"], ("'frobnicate'", "list")),
     (["results", "no_such_experiment"], ("no_such_experiment", "not a finished")),
     (["resume", "no_such_experiment"], ("no_such_experiment", "cnn_tuner_run.json")),
+    (["resume", "no_such_experiment", "--verbose", "7"], ("--verbose", "7")),
     (["tune"], ("'tune'", "train")),
 ]
 

@@ -160,3 +160,22 @@ def test_unknown_searcher_and_scheduler_list_valid_names():
         build_scheduler("sha", 10)
     with pytest.raises(ConfigError, match="grace-period"):
         build_scheduler("asha", 10, SchedulerOptions(grace_period=20))
+
+
+@pytest.mark.parametrize("scheduler", ["hyperband", "median"])
+def test_other_schedulers_run_to_the_end(ray_local, tmp_path, scheduler):
+    res = _tune(tmp_path, {**TINY, "lr": loguniform(1e-3, 0.3)}, searcher="random",
+                scheduler=scheduler, num_samples=4, max_epochs=2)
+    assert res.summary["trials"] == 4 and res.summary["errored"] == 0
+    assert res.best_recipe is not None
+
+
+def test_pbt_exploits_through_checkpoints(ray_local, tmp_path):
+    res = _tune(tmp_path, {**TINY, "lr": loguniform(1e-4, 0.5), "lr_schedule": "constant"},
+                searcher="random", scheduler="pbt", num_samples=4, max_epochs=4,
+                scheduler_options=SchedulerOptions(perturbation_interval=1))
+    assert res.summary["trials"] == 4 and res.summary["errored"] == 0
+    log = (tmp_path / "exp" / "pbt_global.txt").read_text().strip().splitlines()
+    assert log, "PBT never exploited a trial"
+    # an exploited trial continued from the donor's checkpoint: its epochs kept counting
+    assert (res.dataframe["epochs_run"] == 4).all()

@@ -147,6 +147,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_resume(args: argparse.Namespace) -> int:
     from tuner.api import resume
 
+    if not 0 <= args.verbose <= 3:
+        raise ConfigError(f"--verbose: must be 0, 1, 2 or 3, got {args.verbose}")
     _print_summary(resume(args.path, address=args.address, verbose=args.verbose))
     return 0
 
