@@ -24,12 +24,6 @@ from tuner.cli import main
 
 BAD = Path(__file__).parent / "bad_inputs"
 
-# Known product bug (trainables/models.py `_torch_load` and trainables/checkpoint.py
-# `load_checkpoint`): torch.load(weights_only=True) raises IndexError/KeyError on some text files,
-# and only UnpicklingError/OSError/RuntimeError/EOFError/ValueError are turned into ConfigError.
-TEXT_CKPT_BUG = pytest.mark.xfail(
-    strict=True, reason="models._torch_load lets IndexError/KeyError of torch.load through")
-
 # corpus file -> substrings its one stderr line must hold (the place and the rule)
 RECIPES: dict[str, tuple[str, ...]] = {
     "recipe_yaml_syntax.yaml": ("recipe_yaml_syntax.yaml", "line 2", "invalid YAML"),
@@ -240,9 +234,7 @@ def _run_argv(space: str | Path, storage: Path) -> list[str]:
 
 
 def _params(table: dict[str, tuple[str, ...]]) -> list:
-    return [pytest.param(name, expected, id=name,
-                         marks=[TEXT_CKPT_BUG] if "pretrained_text" in name else [])
-            for name, expected in table.items()]
+    return [pytest.param(name, expected, id=name) for name, expected in table.items()]
 
 
 # -- the corpus ------------------------------------------------------------------------------------
@@ -355,7 +347,7 @@ def _hello_text(p: Path) -> None:
 
 @pytest.mark.parametrize("make", [
     _empty, _tensor_only, _zip_not_torch, _plain_pickle,
-    pytest.param(_hello_text, marks=TEXT_CKPT_BUG),
+    _hello_text,
 ], ids=lambda f: f.__name__.strip("_"))
 def test_pretrained_that_is_not_a_checkpoint(make, tmp_path: Path,  # noqa: ANN001
                                              capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,4 +1,4 @@
-"""The README stays true: its knob table is the catalog's, and its two set-up commands come first."""
+"""The README stays true: its knob table is the catalog, its two set-up commands come first."""
 
 from pathlib import Path
 

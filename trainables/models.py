@@ -17,7 +17,6 @@ from __future__ import annotations
 import difflib
 import functools
 import os
-import pickle
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from trainables.checkpoint import load_checkpoint, read_tensors
 from trainables.errors import ConfigError
 from trainables.recipe import is_weights_name
 from trainables.small_models import ResNetSmall, SimpleCNN
@@ -107,28 +107,9 @@ def check_model_name(name: str, pretrained: str = "none") -> None:
 
 
 # -- loading files --------------------------------------------------------------------------
-def _torch_load(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError("refused: not a plain-tensor checkpoint (torch.load weights_only=True "
-                          f"rejected it: {first[:160]})", where=str(path)) from None
-    except (OSError, RuntimeError, EOFError, ValueError) as e:
-        raise ConfigError(f"unreadable checkpoint ({type(e).__name__}: {str(e)[:160]})",
-                          where=str(path)) from None
-
-
 def _read_checkpoint(path: Path, name: str) -> dict[str, Any]:
     """A cnn-tuner checkpoint holding a ``name`` model, or ConfigError naming the file."""
-    if not path.is_file():
-        raise ConfigError("knob 'pretrained': no checkpoint file there", where=str(path))
-    ckpt = _torch_load(path)
-    if not (isinstance(ckpt, dict) and {"format", "model", "recipe"} <= ckpt.keys()
-            and str(ckpt["format"]).startswith("cnn-tuner/") and isinstance(ckpt["recipe"], dict)
-            and isinstance(ckpt["model"], dict)):
-        raise ConfigError("not a cnn-tuner checkpoint (expected the dict with format, model and "
-                          "recipe that `cnn-tuner train` writes)", where=str(path))
+    ckpt = load_checkpoint(path)
     if ckpt["recipe"].get("model") != name:
         raise ConfigError(f"checkpoint holds a {ckpt['recipe'].get('model')!r} model, but knob "
                           f"'model' is {name!r}", where=str(path))
@@ -139,7 +120,7 @@ def _hub_state_dict(weights: Any, download: bool) -> dict[str, torch.Tensor]:
     """torchvision weights from torch hub's cache; the network is used only with download."""
     path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
     if path.is_file():
-        return _torch_load(path)
+        return read_tensors(path)
     if not download:
         raise ConfigError(f"knob 'pretrained': {weights} is not in torch hub's cache at {path}; "
                           f"`download: true` fetches it from {weights.url} (no network by "

@@ -116,12 +116,45 @@ def _check_resources(space: SearchSpace, settings: RunSettings) -> None:
         raise ConfigError(f"--max-concurrent: must be >= 1, got {settings.max_concurrent}")
     if settings.mode not in ("min", "max"):
         raise ConfigError(f"mode: must be 'min' or 'max', got {settings.mode!r}")
+    if settings.checkpoint_every < 1:
+        raise ConfigError(f"--checkpoint-every: must be >= 1 epoch, got "
+                          f"{settings.checkpoint_every}")
+    if settings.max_failures < -1:
+        raise ConfigError(f"--max-failures: must be >= 0 (or -1: retry forever), got "
+                          f"{settings.max_failures}")
+    if not 0 <= settings.seed < 2**32:
+        raise ConfigError(f"--seed: must be in [0, 2**32), got {settings.seed}")
     if settings.scheduler == "pbt" and settings.searcher == "tpe":
         raise ConfigError("--scheduler pbt: PBT explores by mutating configs itself; use "
                           "--searcher random (or grid)")
     if settings.gpus_per_trial == 0 and "fp16" in possible_values(space, "precision"):
         raise ConfigError("knob 'precision': the space allows fp16, which needs a CUDA device, "
                           "but --gpus-per-trial is 0")
+
+
+def _check_gpus(gpus_per_trial: float, address: str | None) -> None:
+    """A trial asking for more GPUs than the cluster has would wait forever: refuse it now.
+    Known only for a local run (its GPUs are this machine's) or a Ray already started."""
+    if gpus_per_trial <= 0 or (address and not _ray_initialized()):
+        return
+    if _ray_initialized():
+        import ray
+
+        count = ray.cluster_resources().get("GPU", 0)
+    else:
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count < gpus_per_trial:
+        raise ConfigError(f"--gpus-per-trial: {gpus_per_trial:g} GPU(s) per trial, but this "
+                          f"machine has {count:g}; no trial could start (use --address for a "
+                          "cluster with GPUs)")
+
+
+def _ray_initialized() -> bool:
+    import sys
+
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
 
 
 def tune(space: SearchSpace | dict | str | Path = "quick", *, dataset: str | None = None,
@@ -156,11 +189,16 @@ def tune(space: SearchSpace | dict | str | Path = "quick", *, dataset: str | Non
         checkpoint_every=checkpoint_every,
         scheduler_options=asdict(scheduler_options or SchedulerOptions()))
     _check_resources(space_obj, settings)
+    _check_gpus(gpus_per_trial, address)
+    if not 0 <= verbose <= 3:
+        raise ConfigError(f"--verbose: must be 0, 1, 2 or 3, got {verbose}")
     dataset_name = space_obj.fixed.get("dataset", "digits")
     name = name or f"{dataset_name}-{searcher}-{scheduler}-{datetime.now():%Y%m%d-%H%M%S}"
     root = str(storage or DEFAULT_STORAGE)
     if "://" not in root:
         root = str(Path(root).expanduser().resolve())
+        if Path(root).exists() and not Path(root).is_dir():
+            raise ConfigError("--storage: exists and is not a folder", where=root)
     start = time.time()
     result_grid, path = run_experiment(settings, space_obj, storage=root, name=name,
                                        address=address, resume=resume, verbose=verbose)
@@ -172,6 +210,8 @@ def resume(path: str | Path, *, address: str | None = None, verbose: int = 1) ->
     errored ones restart, the searcher keeps its history."""
     from tuner.runner import restore_experiment
 
+    if not 0 <= verbose <= 3:
+        raise ConfigError(f"--verbose: must be 0, 1, 2 or 3, got {verbose}")
     start = time.time()
     result_grid, settings, exp_path = restore_experiment(path, address=address, verbose=verbose)
     return collect_results(result_grid, settings, exp_path, wall_time_s=time.time() - start)

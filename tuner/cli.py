@@ -7,7 +7,6 @@ work itself lives in the modules each command calls.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import warnings
 from datetime import datetime
@@ -46,14 +45,6 @@ def _train_device(device: str | None) -> str:
     return str(dev)
 
 
-def _first_missing(path: Path) -> Path | None:
-    """The outermost folder of ``path`` that does not exist yet (what a failed run must remove)."""
-    missing, p = None, path.absolute()
-    while not p.exists():
-        missing, p = p, p.parent
-    return missing
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
     from trainables.recipe import Recipe
     from tuner.train_run import train_to_dir
@@ -71,14 +62,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/train-{datetime.now():%Y%m%d-%H%M%S}")
     if out.exists() and not out.is_dir():
         raise ConfigError("--out: exists and is not a folder", where=str(out))
-    created = _first_missing(out)
-    try:
-        final = train_to_dir(recipe, out, device=device)
-    except ConfigError:
-        # data and model errors surface only once training starts: leave no half-written folder
-        if created is not None:
-            shutil.rmtree(created, ignore_errors=True)
-        raise
+    final = train_to_dir(recipe, out, device=device)
     print(f"wrote {out}/recipe.yaml, metrics.csv, result.json, checkpoint.pt "
           f"(test_acc {final['test_acc']:.4f}, {final['stop_reason']})")
     return 0
@@ -99,35 +83,9 @@ def _print_summary(result) -> None:  # noqa: ANN001
           f"(retrain: cnn-tuner train --recipe {result.path}/best_recipe.yaml)")
 
 
-def _check_run_args(args: argparse.Namespace) -> None:
-    """Numbers the API does not check itself; each would otherwise fail only inside Ray."""
-    if args.checkpoint_every < 1:
-        raise ConfigError(f"--checkpoint-every: must be >= 1 epoch, got {args.checkpoint_every}")
-    if args.max_failures < -1:
-        raise ConfigError(f"--max-failures: must be >= 0 (or -1: retry forever), got "
-                          f"{args.max_failures}")
-    if not 0 <= args.verbose <= 3:
-        raise ConfigError(f"--verbose: must be 0, 1, 2 or 3, got {args.verbose}")
-    if not 0 <= args.seed < 2**32:
-        raise ConfigError(f"--seed: must be in [0, 2**32), got {args.seed}")
-    if args.storage and "://" not in args.storage and Path(args.storage).exists() \
-            and not Path(args.storage).is_dir():
-        raise ConfigError("--storage: exists and is not a folder", where=args.storage)
-    if args.gpus_per_trial > 0 and not args.address:
-        import torch
-
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count < args.gpus_per_trial:
-            raise ConfigError(f"--gpus-per-trial: {args.gpus_per_trial:g} GPU(s) per trial, but "
-                              f"this machine has {count} CUDA device(s); no trial could start "
-                              "(use --address for a cluster with GPUs)")
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
     from tuner.api import tune
     from tuner.schedulers import SchedulerOptions
-
-    _check_run_args(args)
 
     opts = SchedulerOptions(grace_period=args.grace_period,
                             reduction_factor=args.reduction_factor)
@@ -147,8 +105,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_resume(args: argparse.Namespace) -> int:
     from tuner.api import resume
 
-    if not 0 <= args.verbose <= 3:
-        raise ConfigError(f"--verbose: must be 0, 1, 2 or 3, got {args.verbose}")
     _print_summary(resume(args.path, address=args.address, verbose=args.verbose))
     return 0
 

@@ -32,9 +32,8 @@ def format_epoch(m: dict[str, Any], epochs: int) -> str:
 
 def train_to_dir(recipe: Recipe, out: Path, device: str | None = None,
                  quiet: bool = False) -> dict[str, Any]:
-    """Train and write the four result files; returns the final metrics."""
-    out.mkdir(parents=True, exist_ok=True)
-    recipe.to_yaml(out / "recipe.yaml")
+    """Train, then write the four result files (nothing is written if training cannot start);
+    returns the final metrics."""
     last_state: dict[str, Any] = {}
 
     def report(metrics: dict[str, Any], state_fn: Any) -> None:
@@ -44,6 +43,8 @@ def train_to_dir(recipe: Recipe, out: Path, device: str | None = None,
             last_state["state"] = state_fn()
 
     result = train(recipe, device=device, report=report)
+    out.mkdir(parents=True, exist_ok=True)
+    recipe.to_yaml(out / "recipe.yaml")
     pd.DataFrame(result.history).reindex(columns=[*_COLUMNS, "precision"]).to_csv(
         out / "metrics.csv", index=False)
     final = {k: v for k, v in result.final.items()}

@@ -1,0 +1,189 @@
+"""The report's figures, drawn with matplotlib's object API (no pyplot state, no GUI backend).
+
+Each function takes plain tables and returns a ``Figure``; ``svg_text`` / ``png_bytes`` turn a
+figure into what the HTML embeds and what is written beside it. In the learning-curve SVG every
+trial's line is a group with id ``trial-<trial_id>`` so a reader (or a test) can find it.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.collections import LineCollection
+from matplotlib.colors import Normalize, to_hex
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+STOPPED = ("early_stopped", "non_finite", "errored")
+_RC = {"svg.hashsalt": "cnn-tuner", "svg.fonttype": "path", "font.size": 9,
+       "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
+       "axes.spines.right": False}
+
+
+def trial_colors(trial_ids: list[str]) -> dict[str, str]:
+    """One colour per trial (tab20, cycling), shared by the plot and the HTML legend."""
+    cmap = matplotlib.colormaps["tab20"]
+    return {t: to_hex(cmap(i % 20)) for i, t in enumerate(trial_ids)}
+
+
+def _figure(w: float, h: float) -> Figure:
+    with matplotlib.rc_context(_RC):
+        return Figure(figsize=(w, h), layout="constrained")
+
+
+def svg_text(fig: Figure) -> str:
+    """The figure as an ``<svg>`` element to inline in HTML (no XML prolog)."""
+    buf = io.StringIO()
+    with matplotlib.rc_context(_RC):
+        fig.savefig(buf, format="svg")
+    text = buf.getvalue()
+    return text[text.index("<svg"):]
+
+
+def png_bytes(fig: Figure, dpi: int = 110) -> bytes:
+    buf = io.BytesIO()
+    with matplotlib.rc_context(_RC):
+        fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def learning_curves(curves: dict[str, pd.DataFrame], status: dict[str, str], best: str | None,
+                    colors: dict[str, str], metric: str) -> Figure:
+    """``metric`` per epoch of every trial; the best drawn thick, trials that were stopped
+    (early, non-finite, errored) end in a cross."""
+    fig = _figure(9, 4.6)
+    with matplotlib.rc_context(_RC):
+        ax = fig.add_subplot()
+        for tid, curve in curves.items():
+            is_best = tid == best
+            (line,) = ax.plot(curve["epoch"], curve[metric], color="black" if is_best else
+                              colors[tid], lw=3 if is_best else 1.2, alpha=1 if is_best else 0.75,
+                              ls="--" if status.get(tid) in ("non_finite", "errored") else "-",
+                              marker="o", ms=2.5, zorder=3 if is_best else 2)
+            line.set_gid(f"trial-{tid}")
+            if status.get(tid) in STOPPED and len(curve):
+                mark = ax.plot(curve["epoch"].iloc[-1:], curve[metric].iloc[-1:], marker="X",
+                               ms=8, color=line.get_color(), mec="white", mew=0.6, ls="none")
+                mark[0].set_gid(f"stop-{tid}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.set_title(f"Learning curves: {metric} of every trial")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.legend(handles=[
+            Line2D([], [], color="black", lw=3, label="best trial"),
+            Line2D([], [], color="grey", lw=1.2, label="other trial"),
+            Line2D([], [], color="grey", marker="X", ls="none", ms=8, label="stopped early"),
+            Line2D([], [], color="grey", ls="--", label="non-finite / errored"),
+        ], loc="lower right", fontsize=8)
+    return fig
+
+
+def efficiency(events: pd.DataFrame, metric: str, mode: str, budget: int) -> Figure:
+    """Best-so-far ``metric`` against cumulative trial-epochs, in the order epochs finished."""
+    fig = _figure(9, 3.4)
+    with matplotlib.rc_context(_RC):
+        ax = fig.add_subplot()
+        if len(events):
+            x = np.arange(1, len(events) + 1)
+            values = events[metric].astype(float)
+            best = values.cummax() if mode == "max" else values.cummin()
+            ax.scatter(x, values, s=8, color="tab:blue", alpha=0.35, label=f"epoch's {metric}")
+            ax.step(x, best, where="post", color="tab:red", lw=2, label=f"best {metric} so far")
+            ax.axvline(len(events), color="tab:green", ls=":", lw=1.5,
+                       label=f"trial-epochs used: {len(events)}")
+        if budget:
+            ax.axvline(budget, color="grey", ls="--", lw=1.5,
+                       label=f"budget (num_samples x max_epochs): {budget}")
+        ax.set_xlabel("cumulative trial-epochs")
+        ax.set_ylabel(metric)
+        ax.set_title("Search efficiency: best-so-far against trial-epochs spent")
+        ax.legend(loc="lower right", fontsize=8)
+    return fig
+
+
+def _axis(values: pd.Series, log: bool) -> tuple[np.ndarray, list[float], list[str]]:
+    """Values mapped to [0, 1] (missing -> -0.12), the tick positions and their labels."""
+    num = pd.to_numeric(values, errors="coerce")
+    if values.dtype == object or values.dtype == bool or num.isna().all() and values.notna().any():
+        cats = sorted(values.dropna().astype(str).unique())
+        pos = {c: (i / (len(cats) - 1) if len(cats) > 1 else 0.5) for i, c in enumerate(cats)}
+        y = values.map(lambda v: pos[str(v)] if pd.notna(v) else math.nan).to_numpy(float)
+        ticks, labels = list(pos.values()), list(pos)
+    else:
+        v = np.log10(num) if log else num
+        lo, hi = float(np.nanmin(v)), float(np.nanmax(v))
+        span = hi - lo or 1.0
+        y = ((v - lo) / span).to_numpy(float) if hi > lo else np.full(len(v), 0.5)
+        raw = [lo, lo + span / 2, hi] if hi > lo else [lo]
+        ticks = [(r - lo) / span if hi > lo else 0.5 for r in raw]
+        labels = [f"{10 ** r if log else r:.3g}" for r in raw]
+    missing = np.isnan(y)
+    if missing.any():
+        y[missing] = -0.12
+        ticks, labels = [*ticks, -0.12], [*labels, "(inactive)"]
+    return y, ticks, labels
+
+
+def parallel_coordinates(df: pd.DataFrame, knobs: list[str], log_knobs: set[str],
+                         metric: str) -> Figure:
+    """One line per trial across an axis per tuned knob and the metric, coloured by the metric."""
+    axes = [*knobs, metric]
+    fig = _figure(max(6.0, 1.3 * len(axes)), 4.2)
+    with matplotlib.rc_context(_RC):
+        ax = fig.add_subplot()
+        ax.grid(False)
+        mapped = [_axis(df[k], k in log_knobs) for k in axes]
+        ys = np.column_stack([m[0] for m in mapped])
+        xs = np.arange(len(axes))
+        score = df[metric].astype(float).to_numpy()
+        norm = Normalize(np.nanmin(score), np.nanmax(score)) if len(score) else Normalize()
+        lines = LineCollection([np.column_stack([xs, row]) for row in ys], cmap="viridis",
+                               norm=norm, lw=1.6, alpha=0.85)
+        lines.set_array(score)
+        ax.add_collection(lines)
+        for i, (_, ticks, labels) in enumerate(mapped):
+            ax.axvline(i, color="black", lw=0.8)
+            for t, lab in zip(ticks, labels, strict=True):
+                ax.text(i + 0.04, t, lab, fontsize=7, va="center")
+        ax.set_xticks(xs, [f"{k}\n(log)" if k in log_knobs else k for k in axes], fontsize=8)
+        ax.set_yticks([])
+        ax.set_xlim(-0.2, len(axes) - 0.5)
+        ax.set_ylim(-0.2, 1.08)
+        ax.spines[["left", "bottom"]].set_visible(False)
+        fig.colorbar(lines, ax=ax, label=metric, fraction=0.03)
+        ax.set_title(f"Parallel coordinates: tuned knobs against the final {metric}")
+    return fig
+
+
+def importance_bars(knobs: pd.DataFrame, families: pd.DataFrame) -> Figure:
+    """Horizontal bars: importance per knob (left) and per strategy family (right)."""
+    fig = _figure(9, max(2.4, 0.32 * len(knobs) + 1.2))
+    with matplotlib.rc_context(_RC):
+        for i, (table, key, title) in enumerate(((knobs, "knob", "per knob"),
+                                                 (families, "family", "per strategy family"))):
+            ax = fig.add_subplot(1, 2, i + 1)
+            t = table.dropna(subset=["importance"]).iloc[::-1]
+            ax.barh(t[key], t["importance"], color="tab:blue" if i == 0 else "tab:orange")
+            ax.set_xlim(0, 1)
+            ax.set_xlabel("share of explained variance")
+            ax.set_title(f"Importance {title}")
+    return fig
+
+
+def ablation_bars(table: pd.DataFrame) -> Figure:
+    """Mean change in test accuracy per strategy turned off, with its 95% confidence interval."""
+    t = table.dropna(subset=["delta_mean"]).iloc[::-1]
+    fig = _figure(8, max(2.2, 0.45 * len(t) + 1.2))
+    with matplotlib.rc_context(_RC):
+        ax = fig.add_subplot()
+        err = np.vstack([t["delta_mean"] - t["ci_low"], t["ci_high"] - t["delta_mean"]])
+        colors = ["tab:red" if d < 0 else "tab:green" for d in t["delta_mean"]]
+        ax.barh(t["strategy"], t["delta_mean"], xerr=err, color=colors, capsize=4, alpha=0.8)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_xlabel("change in test accuracy when the strategy is turned off (95% CI)")
+        ax.set_title("Ablation: what each strategy of the recipe is worth")
+    return fig
