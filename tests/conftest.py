@@ -1,5 +1,7 @@
 """Shared test setup: small thread counts so the suite runs on 2 cores; one Ray per session."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -16,3 +18,22 @@ def ray_local():
              _node_ip_address="127.0.0.1", configure_logging=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def lr_experiment(ray_local, tmp_path_factory):
+    """A real small tuning run in which only the learning rate matters: lr spans five decades,
+    while the seed and a label smoothing of at most 0.01 barely move a 3-epoch val_acc. ASHA
+    (grace 1, eta 2) stops some trials early. Shared by the report and ablation tests, which
+    must not write into it (copy it first). Returns the experiment folder."""
+    from search_spaces import loguniform, randint, uniform
+    from tuner import tune
+    from tuner.schedulers import SchedulerOptions
+
+    space = {"dataset": "digits", "width": 8, "batch_size": 128,
+             "lr": loguniform(1e-5, 0.5), "seed": randint(0, 1000),
+             "label_smoothing": uniform(0.0, 0.01)}
+    res = tune(space, searcher="random", scheduler="asha", num_samples=12, max_epochs=3,
+               seed=0, scheduler_options=SchedulerOptions(grace_period=1, reduction_factor=2),
+               storage=tmp_path_factory.mktemp("report"), name="lr_only", verbose=0)
+    return Path(res.path)

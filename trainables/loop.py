@@ -55,6 +55,10 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "fp32"
 
 
+class TrialOutOfMemory(RuntimeError):
+    """The device ran out of memory; the message names the batch size and what to try."""
+
+
 def _finite(loss: torch.Tensor | float) -> bool:
     """False for NaN/inf and for a diverged loss (see DIVERGED_LOSS)."""
     value = float(loss)
@@ -245,7 +249,15 @@ class Trainer:
         """Train one epoch, validate, decide whether to stop; the metrics of the epoch."""
         start = time.perf_counter()
         lr = self.optimizer.param_groups[-1]["lr"]
-        m: dict[str, Any] = self.train_epoch()
+        try:
+            m: dict[str, Any] = self.train_epoch()
+        except torch.OutOfMemoryError as e:
+            r = self.recipe
+            raise TrialOutOfMemory(
+                f"out of memory on {self.device} at batch_size={r.batch_size} (model "
+                f"{r.model}, width {r.width}, image_size {self.data.image_size}, precision "
+                f"{self.precision}): try a smaller batch_size, e.g. {max(1, r.batch_size // 2)}"
+                f" ({str(e).splitlines()[0][:120]})") from None
         non_finite = m.pop("non_finite")
         val_loss, val_acc = self.evaluate("val")
         self.schedule.after_epoch(val_loss)

@@ -133,6 +133,32 @@ def _cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from tuner.report import write_report
+
+    index = write_report(args.path, args.out)
+    pngs = sorted(p.name for p in index.parent.glob("*.png"))
+    print(f"wrote {index} (self-contained) and {', '.join(pngs)}")
+    return 0
+
+
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    from trainables.recipe import Recipe
+    from tuner.ablate import ablate, default_out, format_table
+
+    if args.seeds < 2:
+        raise ConfigError(f"--seeds: must be >= 2 (a confidence interval needs at least two "
+                          f"runs per variant), got {args.seeds}")
+    recipe = Recipe.from_yaml(args.recipe)
+    result = ablate(recipe, seeds=args.seeds, epochs=args.epochs,
+                    out=args.out or default_out(args.recipe), cpus_per_trial=args.cpus_per_trial,
+                    gpus_per_trial=args.gpus_per_trial, address=args.address)
+    print(format_table(result.table))
+    print(f"wrote {result.out}/ablation.csv (`cnn-tuner report` shows it when it is in the "
+          "experiment folder)")
+    return 0
+
+
 def _cmd_spaces(args: argparse.Namespace) -> int:
     from search_spaces import SearchSpace, list_presets, load_space
 
@@ -213,6 +239,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=10)
     p.add_argument("--export-best", metavar="FILE", help="write the best recipe as YAML")
     p.set_defaults(func=_cmd_results)
+
+    p = sub.add_parser("report", help="HTML report (plots, knob importance, cost) of an "
+                       "experiment")
+    p.add_argument("path", help="the experiment folder")
+    p.add_argument("--out", help="output folder (default: PATH/report)")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("ablate", help="turn each strategy of a recipe off in turn; the change "
+                       "in test accuracy with a 95%% CI over seeds")
+    p.add_argument("recipe", help="recipe YAML file (e.g. an experiment's best_recipe.yaml)")
+    p.add_argument("--seeds", type=int, default=3, help="trainings per variant (default: 3)")
+    p.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    p.add_argument("--out", help="output folder (default: the experiment folder of a "
+                   "best_recipe.yaml, else runs/ablate-<recipe name>)")
+    p.add_argument("--cpus-per-trial", type=float, default=1)
+    p.add_argument("--gpus-per-trial", type=float, default=0)
+    p.add_argument("--address", help="an existing Ray cluster ('auto' or host:port)")
+    p.set_defaults(func=_cmd_ablate)
 
     p = sub.add_parser("spaces", help="list, show or validate search spaces")
     p.add_argument("action", choices=["list", "show", "validate"])

@@ -107,13 +107,13 @@ def efficiency(events: pd.DataFrame, metric: str, mode: str, budget: int) -> Fig
 
 def _axis(values: pd.Series, log: bool) -> tuple[np.ndarray, list[float], list[str]]:
     """Values mapped to [0, 1] (missing -> -0.12), the tick positions and their labels."""
-    num = pd.to_numeric(values, errors="coerce")
-    if values.dtype == object or values.dtype == bool or num.isna().all() and values.notna().any():
+    if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
         cats = sorted(values.dropna().astype(str).unique())
         pos = {c: (i / (len(cats) - 1) if len(cats) > 1 else 0.5) for i, c in enumerate(cats)}
         y = values.map(lambda v: pos[str(v)] if pd.notna(v) else math.nan).to_numpy(float)
         ticks, labels = list(pos.values()), list(pos)
     else:
+        num = values.astype(float)
         v = np.log10(num) if log else num
         lo, hi = float(np.nanmin(v)), float(np.nanmax(v))
         span = hi - lo or 1.0
@@ -132,7 +132,7 @@ def parallel_coordinates(df: pd.DataFrame, knobs: list[str], log_knobs: set[str]
                          metric: str) -> Figure:
     """One line per trial across an axis per tuned knob and the metric, coloured by the metric."""
     axes = [*knobs, metric]
-    fig = _figure(max(6.0, 1.3 * len(axes)), 4.2)
+    fig = _figure(max(8.0, 1.3 * len(axes)), 4.2)
     with matplotlib.rc_context(_RC):
         ax = fig.add_subplot()
         ax.grid(False)

@@ -7,6 +7,7 @@ trial on every node reads it from there (a node fetches it once into its local s
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -154,9 +155,37 @@ def run_experiment(settings: Any, space: SearchSpace, *, storage: str, name: str
         return _fit(tuner, path, settings), path
 
 
+def check_experiment_state(path: str) -> None:
+    """Ray restarts an experiment FROM SCRATCH when its state file does not parse; refuse that:
+    a corrupt or truncated state is an error naming the file, never a silent restart."""
+    if "://" in path:
+        return
+    states = sorted(Path(path).glob("experiment_state-*.json"))
+    if not states:
+        raise ConfigError("no Ray Tune experiment state to resume (experiment_state-*.json is "
+                          "missing)", where=path)
+    try:
+        state = json.loads(states[-1].read_text())
+        if not isinstance(state, dict) or "trial_data" not in state:
+            raise ValueError("no trial_data")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(f"corrupt Ray Tune experiment state, cannot resume ({e}); restore the "
+                          "file from a backup or start a new experiment",
+                          where=str(states[-1])) from None
+
+
 def _restore(path: str, settings: Any, data: DataSplits, verbose: int) -> Any:
-    tuner = Tuner.restore(path, trainable=build_trainable(settings, data),
-                          resume_unfinished=True, restart_errored=True)
+    check_experiment_state(path)
+    try:
+        tuner = Tuner.restore(path, trainable=build_trainable(settings, data),
+                              resume_unfinished=True, restart_errored=True)
+    except (ValueError, KeyError, TypeError, OSError, EOFError, RuntimeError) as e:
+        # a truncated or corrupt experiment_state-*.json / searcher state: never start afresh
+        state = sorted(Path(path).glob("experiment_state-*.json")) if "://" not in path else []
+        where = str(state[-1]) if state else path
+        raise ConfigError(f"corrupt Ray Tune experiment state, cannot resume "
+                          f"({type(e).__name__}: {str(e).splitlines()[0][:160]})",
+                          where=where) from None
     return _fit(tuner, path, settings)
 
 

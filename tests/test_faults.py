@@ -1,0 +1,193 @@
+"""Faults caused on purpose, on real Ray: killed trial workers and drivers, out of memory, corrupt
+state. Nothing already earned may be lost, and nothing may silently start over."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cloudpickle
+import pandas as pd
+import pytest
+import torch
+
+from search_spaces import grid, loguniform
+from trainables.checkpoint import load_checkpoint, save_checkpoint
+from trainables.data import DataSplits, load_data
+from trainables.errors import ConfigError
+from trainables.loop import Trainer, TrialOutOfMemory
+from trainables.recipe import Recipe
+from tuner import tune
+from tuner.cli import main
+
+CLI = [sys.executable, "-m", "tuner.cli"]
+TINY = {"dataset": "digits", "width": 8}
+
+
+def _epochs(trial_dir: Path) -> list[dict]:
+    path = trial_dir / "result.json"
+    return [json.loads(ln) for ln in path.read_text().splitlines()] if path.exists() else []
+
+
+# -- out of memory ---------------------------------------------------------------------------
+def test_oom_in_the_loop_names_the_batch_size():
+    trainer = Trainer(Recipe.from_dict({**TINY, "batch_size": 96}), load_data("digits"),
+                      torch.device("cpu"))
+
+    def oom(x):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    trainer.forward = oom
+    rule = r"batch_size=96 .*try a smaller batch_size, e\.g\. 48"
+    with pytest.raises(TrialOutOfMemory, match=rule):
+        trainer.run_epoch()
+
+
+class _OOMImages:
+    """Stands in for the training images: indexing a batch larger than 64 images raises torch's
+    OutOfMemoryError, as a GPU would; smaller batches get the real images."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+        self.shape = images.shape
+
+    def __getitem__(self, idx):
+        if len(idx) > 64:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.images[idx]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+class OOMSplits(DataSplits):
+    def to(self, device):
+        return self
+
+    @classmethod
+    def wrap(cls, data: DataSplits) -> "OOMSplits":
+        fields = {k: getattr(data, k) for k in data.__dataclass_fields__}
+        return cls(**{**fields, "train_x": _OOMImages(data.train_x)})
+
+
+@pytest.mark.ray
+def test_oom_trial_is_errored_and_the_experiment_goes_on(ray_local, tmp_path, monkeypatch):
+    import tuner.runner
+
+    # Ray's workers cannot import test modules: ship this module's classes by value
+    ray_local.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    real = tuner.runner.load_run_data
+    monkeypatch.setattr(tuner.runner, "load_run_data", lambda space: OOMSplits.wrap(real(space)))
+    res = tune({**TINY, "batch_size": grid([32, 128])}, searcher="grid", scheduler="fifo",
+               max_epochs=1, storage=tmp_path, name="oom", max_failures=0, verbose=0)
+    df = res.dataframe.set_index("batch_size")
+    assert df.loc[32, "status"] == "completed"
+    assert df.loc[128, "status"] == "errored"
+    assert "batch_size=128" in df.loc[128, "error"] and "smaller batch_size" in \
+        df.loc[128, "error"]
+    assert res.best_recipe.batch_size == 32
+
+
+# -- corrupt files -------------------------------------------------------------------------
+def test_truncated_checkpoint_is_refused_naming_the_file(tmp_path):
+    path = save_checkpoint({"model": {"w": torch.ones(1000)}, "recipe": {}}, tmp_path / "c.pt")
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(ConfigError, match="c.pt: refused"):
+        load_checkpoint(path)
+
+
+@pytest.mark.ray
+def test_corrupt_experiment_state_is_a_clear_error(ray_local, tmp_path, capsys):
+    tune({**TINY, "lr": 0.1}, searcher="random", scheduler="fifo", num_samples=1, max_epochs=1,
+         storage=tmp_path, name="exp", verbose=0)
+    state = sorted((tmp_path / "exp").glob("experiment_state-*.json"))[-1]
+    state.write_text(state.read_text()[:40])
+    assert main(["resume", str(tmp_path / "exp"), "--verbose", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and state.name in err[0] and "corrupt" in err[0]
+
+
+# -- killed trial workers --------------------------------------------------------------------
+@pytest.mark.ray
+def test_killed_trial_workers_resume_from_their_checkpoints(ray_local, tmp_path):
+    exp = tmp_path / "exp"
+    kills: list[int] = []
+    stop = threading.Event()
+    rng = random.Random(0)
+
+    def killer():
+        while not stop.is_set() and len(kills) < 3:
+            time.sleep(rng.uniform(0.5, 2.0))  # a random moment, usually mid-epoch
+            running = []
+            for trial in exp.glob("trial_*"):
+                rows = _epochs(trial)
+                if rows and "stop_reason" not in rows[-1] and rows[-1]["pid"] not in kills:
+                    running.append(rows[-1]["pid"])
+            if running:
+                pid = rng.choice(running)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    kills.append(pid)
+                except ProcessLookupError:
+                    pass
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    try:
+        res = tune({**TINY, "lr": loguniform(0.05, 0.3)}, searcher="random", scheduler="fifo",
+                   num_samples=4, max_epochs=5, storage=tmp_path, name="exp", max_failures=3,
+                   verbose=0)
+    finally:
+        stop.set()
+        thread.join()
+    assert kills, "no worker was killed: the test proved nothing"
+    df = res.dataframe
+    assert (df["status"] == "completed").all() and (df["epochs_run"] == 5).all()
+    resumed = 0
+    for trial in exp.glob("trial_*"):
+        rows = _epochs(trial)
+        epochs = [r["epoch"] for r in rows]
+        assert epochs == sorted(set(epochs)) and epochs[-1] == 5, epochs  # nothing redone
+        if len({r["pid"] for r in rows}) > 1:
+            resumed += 1  # continued in a new process from its checkpoint, not from epoch 1
+    assert resumed >= 1
+
+
+# -- killed driver ---------------------------------------------------------------------------
+@pytest.mark.ray
+def test_killed_driver_resumes_with_tpe_history(tmp_path):
+    exp = tmp_path / "exp"
+    run = subprocess.Popen(
+        [*CLI, "run", "--storage", str(tmp_path), "--name", "exp", "--num-samples", "6",
+         "--max-epochs", "3", "--scheduler", "fifo", "--set", "width=8", "--verbose", "0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    done: dict[str, list] = {}
+    try:
+        while time.time() < deadline and len(done) < 2:
+            time.sleep(0.5)
+            done = {t.name: _epochs(t) for t in exp.glob("trial_*")
+                    if _epochs(t) and "stop_reason" in _epochs(t)[-1]}
+        assert len(done) >= 2, "no trial finished before the deadline"
+        time.sleep(1.5)  # let Ray snapshot the experiment state after those results
+    finally:
+        os.killpg(run.pid, signal.SIGKILL)  # the driver and the Ray it started
+        run.wait()
+    resumed = subprocess.run([*CLI, "resume", str(exp), "--verbose", "0"], capture_output=True,
+                             text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    df = pd.read_csv(exp / "results.csv")
+    assert len(df) == 6 and df["trial_id"].is_unique and (df["status"] == "completed").all()
+    for name, rows in done.items():  # finished before the kill: kept, not rerun
+        assert _epochs(exp / name) == rows
+    searcher = sorted(exp.glob("searcher-state-*.pkl"))[-1]
+    with open(searcher, "rb") as f:
+        state = cloudpickle.load(f)
+    hyperopt_trials = state["_hpopt_trials"] if isinstance(state, dict) else \
+        state.searcher._hpopt_trials
+    assert len(hyperopt_trials.trials) == 6  # one history: no fresh random search after resume

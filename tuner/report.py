@@ -1,0 +1,298 @@
+"""``cnn-tuner report PATH``: one self-contained HTML page about a finished experiment.
+
+Reads what ``cnn-tuner run`` wrote (``cnn_tuner_run.json``, ``results.csv``, ``summary.json``,
+``best_recipe.yaml``, each trial's ``result.json`` with a line per epoch, and ``ablation.csv``
+when ``cnn-tuner ablate`` wrote one there) and writes ``report/index.html`` with every plot
+embedded (opens offline: no CDN, no external file) plus the same plots as PNGs beside it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+
+from search_spaces import SearchSpace
+from search_spaces.distributions import LogUniform
+from trainables.errors import ConfigError
+from tuner import plots
+from tuner.api import RunSettings
+from tuner.importance import Importance, knob_importance
+from tuner.results import BEST_RECIPE, load_results
+
+REPORT_DIR, ABLATION_CSV = "report", "ablation.csv"
+
+
+@dataclass
+class Experiment:
+    """Everything the report shows, read from an experiment folder."""
+
+    path: Path
+    settings: RunSettings
+    trials: pd.DataFrame  # results.csv
+    summary: dict
+    curves: dict[str, pd.DataFrame]  # trial_id -> a row per epoch
+    tuned: list[str]
+    log_knobs: set[str]
+
+
+def _trial_dir(path: Path, trial_id: str) -> Path | None:
+    exact = path / f"trial_{trial_id}"
+    if exact.is_dir():
+        return exact
+    return next((p for p in sorted(path.glob(f"*{trial_id}*")) if p.is_dir()), None)
+
+
+def read_curve(trial_dir: Path | None, metric: str) -> pd.DataFrame:
+    """A trial's epochs from Ray's ``result.json``; a retried epoch keeps its last report."""
+    cols = ["epoch", metric, "timestamp", "time_total_s"]
+    f = trial_dir / "result.json" if trial_dir else None
+    if f is None or not f.is_file():
+        return pd.DataFrame(columns=cols)
+    rows = []
+    for line in f.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash
+        if "epoch" in rec and metric in rec:
+            rows.append({c: rec.get(c) for c in cols})
+    df = pd.DataFrame(rows, columns=cols)
+    return df.drop_duplicates("epoch", keep="last").sort_values("epoch").reset_index(drop=True)
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """An experiment folder written by `cnn-tuner run`, or ConfigError saying what is missing."""
+    p = Path(path).expanduser().absolute()
+    if not p.is_dir():
+        raise ConfigError("no such experiment folder", where=str(p))
+    settings = RunSettings.load(p)
+    trials, summary = load_results(p)
+    trials["trial_id"] = trials["trial_id"].astype(str)
+    space = SearchSpace.from_dict(settings.space)
+    tuned = [k for k in space.tuned if k in trials.columns]
+    log_knobs = {k for k, d in space.tuned.items() if isinstance(d, LogUniform)}
+    curves = {t: read_curve(_trial_dir(p, t), settings.metric) for t in trials["trial_id"]}
+    return Experiment(p, settings, trials, summary, curves, tuned, log_knobs)
+
+
+def epoch_events(curves: dict[str, pd.DataFrame], metric: str) -> pd.DataFrame:
+    """Every trial-epoch in the order it finished (the x axis of the efficiency curve)."""
+    frames = [c.assign(trial_id=t) for t, c in curves.items() if len(c)]
+    if not frames:
+        return pd.DataFrame(columns=["trial_id", "epoch", metric, "timestamp"])
+    events = pd.concat(frames, ignore_index=True)
+    return events.sort_values(["timestamp", "time_total_s"], kind="stable").reset_index(drop=True)
+
+
+def cost_rows(exp: Experiment) -> list[tuple[str, str]]:
+    """Trials by outcome, trial-epochs against the budget, wall time, CPU- and GPU-seconds
+    (counted from results.csv, so they match the trial table)."""
+    s, df, max_epochs = exp.summary, exp.trials, exp.settings.max_epochs
+    status = df["status"].value_counts().to_dict()
+    stopped = int(status.get("early_stopped", 0))
+    own = int((df["stop_reason"] == "early_stopped").sum())
+    used, budget = int(df["epochs_run"].sum()), len(df) * max_epochs
+    saved = f"{budget - used} ({(budget - used) / budget:.0%})" if budget else "n/a"
+    last_time = {t: float(c["time_total_s"].iloc[-1]) for t, c in exp.curves.items() if len(c)}
+    times = df["time_total_s"] if "time_total_s" in df else pd.Series(float("nan"), df.index)
+    trial_s = sum(float(v) if pd.notna(v) else last_time.get(t, 0.0)
+                  for t, v in zip(df["trial_id"], times, strict=True))
+    cpus, gpus = exp.settings.cpus_per_trial, exp.settings.gpus_per_trial
+    return [
+        ("trials", f"{len(df)}"),
+        ("completed", f"{status.get('completed', 0)}"),
+        ("stopped early", f"{stopped} ({own} by their own patience, {stopped - own} by the "
+                          f"{exp.settings.scheduler} scheduler)"),
+        ("non-finite loss", f"{status.get('non_finite', 0)}"),
+        ("errored", f"{status.get('errored', 0)}"),
+        ("trial-epochs used", f"{used} of {budget} (num_samples x max_epochs = "
+                              f"{len(df)} x {max_epochs})"),
+        ("trial-epochs saved by early stopping", saved),
+        ("wall time", f"{s.get('wall_time_s', float('nan')):.0f} s"),
+        ("trial time (sum over trials)", f"{trial_s:.0f} s"),
+        ("CPU-seconds reserved", f"{trial_s * cpus:.0f} ({cpus:g} CPU per trial)"),
+        ("GPU-seconds reserved", f"{trial_s * gpus:.0f} ({gpus:g} GPU per trial)"),
+    ]
+
+
+# -- HTML ------------------------------------------------------------------------------------
+_CSS = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.88em}
+td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left} th{background:#f4f4f4}
+img,svg{max-width:100%;height:auto} pre{background:#f6f8fa;padding:.8em;overflow-x:auto}
+.note{color:#555;font-style:italic} .swatch{display:inline-block;width:1.6em;height:.7em}
+tr.best{font-weight:bold} tr.hl{background:#ffec99} g.hl path{stroke-width:4px!important}
+"""
+_JS = """
+document.querySelectorAll('#trials tr[data-trial]').forEach(function (row) {
+  var g = document.getElementById('trial-' + row.dataset.trial);
+  if (!g) return;
+  function hl(on) { g.classList.toggle('hl', on); row.classList.toggle('hl', on); }
+  row.addEventListener('mouseenter', function () { hl(true); });
+  row.addEventListener('mouseleave', function () { hl(false); });
+});
+"""
+
+
+def _fmt(v: object) -> str:
+    if v is None or (isinstance(v, float) and pd.isna(v)):
+        return ""
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,' \
+           f'{base64.b64encode(png).decode()}">'
+
+
+def _trial_table(exp: Experiment, colors: dict[str, str], best: str | None) -> str:
+    metric = exp.settings.metric
+    cols = ["status", "stop_reason", "epochs_run", metric, "test_acc", *exp.tuned]
+    cols = [c for c in dict.fromkeys(cols) if c in exp.trials.columns]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in ["", "trial", *cols])
+    rows = []
+    for _, r in exp.trials.iterrows():
+        t = r["trial_id"]
+        cls = ' class="best"' if t == best else ""
+        cells = "".join(f"<td>{html.escape(_fmt(r[c]))}</td>" for c in cols)
+        swatch = "#000" if t == best else colors[t]
+        rows.append(f'<tr data-trial="{html.escape(t)}"{cls}><td><span class="swatch" '
+                    f'style="background:{swatch}"></span></td><td>{html.escape(t)}'
+                    f'{" (best)" if t == best else ""}</td>{cells}</tr>')
+    return f'<table id="trials"><tr>{head}</tr>{"".join(rows)}</table>'
+
+
+def _importance_html(imp: Importance, figs: dict[str, bytes]) -> str:
+    parts = [f'<p class="note">{html.escape(imp.note)}. Importance is each knob\'s share of the '
+             "variance of the final metric explained by a random forest over the trial table "
+             "(mean decrease in impurity, as Optuna's MeanDecreaseImpurityImportanceEvaluator); "
+             "a family's is the sum over its knobs.</p>"]
+    knobs = imp.knobs.rename(columns={"values": "distinct values"})
+    parts.append(knobs.to_html(table_id="importance", index=False, float_format="{:.3f}".format,
+                               na_rep="n/a", border=0))
+    parts.append(imp.families.to_html(table_id="family-importance", index=False, border=0,
+                                      float_format="{:.3f}".format, na_rep="n/a"))
+    if "importance" in figs:
+        parts.append(_img(figs["importance"], "knob importance"))
+    return "\n".join(parts)
+
+
+def _ablation_html(exp: Experiment, table: pd.DataFrame, figs: dict[str, bytes]) -> str:
+    recipe = exp.path / "ablation_recipe.yaml"
+    epochs = ""
+    if recipe.is_file():
+        epochs = next((ln.split(":", 1)[1].strip() for ln in recipe.read_text().splitlines()
+                       if ln.startswith("epochs:")), "")
+    note = (f'<p class="note">Each strategy of the recipe ({recipe.name}'
+            f'{f", {epochs} epochs" if epochs else ""}) turned off in turn and trained with the '
+            "same seeds as the recipe; change = mean paired difference in test accuracy "
+            "(variant minus recipe, same seed) with its 95% Student-t confidence interval.</p>")
+    def signed(v: float) -> str:
+        return "" if pd.isna(v) else f"{v:+.4f}"
+
+    text = table.to_html(table_id="ablation", index=False, na_rep="", border=0,
+                         float_format="{:.4f}".format,
+                         formatters={c: signed for c in ("delta_mean", "ci_low", "ci_high")})
+    return note + text + ("\n" + _img(figs["ablation"], "ablation") if "ablation" in figs
+                          else "")
+
+
+def _best_html(exp: Experiment, space_file: Path) -> str:
+    f = exp.path / BEST_RECIPE
+    if not f.is_file():
+        return '<p class="note">no trial produced a result, so there is no best recipe.</p>'
+    s = exp.settings
+    run = (f"cnn-tuner run --space {space_file} --searcher {s.searcher} "
+           f"--scheduler {s.scheduler} --num-samples {s.num_samples} --seed {s.seed} "
+           f"--cpus-per-trial {s.cpus_per_trial:g} --gpus-per-trial {s.gpus_per_trial:g}")
+    retrain = f"cnn-tuner train --recipe {f} --out runs/best"
+    return (f'<pre id="best-recipe">{html.escape(f.read_text())}</pre>'
+            "<p>Retrain it (same seed and thread count on the CPU give the same metrics):</p>"
+            f'<pre id="retrain">{html.escape(retrain)}</pre>'
+            f'<p>Rerun the whole search:</p><pre id="rerun">{html.escape(run)}</pre>')
+
+
+def _figures(exp: Experiment, imp: Importance, ablation: pd.DataFrame | None,
+             colors: dict[str, str], best: str | None) -> tuple[str, dict[str, bytes]]:
+    """The learning-curve SVG (inlined) and every figure as PNG bytes, by file stem."""
+    s, metric = exp.settings, exp.settings.metric
+    status = dict(zip(exp.trials["trial_id"], exp.trials["status"], strict=True))
+    fig = plots.learning_curves(exp.curves, status, best, colors, metric)
+    svg, pngs = plots.svg_text(fig), {"learning_curves": plots.png_bytes(fig)}
+    events = epoch_events(exp.curves, metric)
+    pngs["efficiency"] = plots.png_bytes(plots.efficiency(
+        events, metric, s.mode, len(exp.trials) * s.max_epochs))
+    ran = exp.trials.dropna(subset=[metric])
+    if exp.tuned and len(ran):
+        pngs["parallel_coordinates"] = plots.png_bytes(
+            plots.parallel_coordinates(ran, exp.tuned, exp.log_knobs, metric))
+    if imp.ok:
+        pngs["importance"] = plots.png_bytes(plots.importance_bars(imp.knobs, imp.families))
+    if ablation is not None and ablation["delta_mean"].notna().any():
+        pngs["ablation"] = plots.png_bytes(plots.ablation_bars(ablation))
+    return svg, pngs
+
+
+def render_html(exp: Experiment, imp: Importance, ablation: pd.DataFrame | None,
+                svg: str, pngs: dict[str, bytes], colors: dict[str, str],
+                best: str | None, space_file: Path) -> str:
+    s, st = exp.summary, exp.settings
+    cost = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
+                   for k, v in cost_rows(exp))
+    best_line = ("no trial produced a result" if best is None else
+                 f"best trial {best}: {st.metric} {_fmt(s.get('best_val_acc'))}, "
+                 f"test_acc {_fmt(s.get('best_test_acc')) or 'n/a'}")
+    sections = [
+        f"<h1>cnn-tuner report: {html.escape(exp.path.name)}</h1>",
+        f"<p>{html.escape(str(exp.path))} &middot; {st.searcher} search, {st.scheduler} "
+        f"scheduler, metric {st.metric} ({st.mode}) &middot; generated "
+        f"{datetime.now():%Y-%m-%d %H:%M}</p><p><b>{html.escape(best_line)}</b></p>",
+        f'<h2>Cost</h2><table id="cost">{cost}</table>',
+        "<h2>Learning curves</h2>", svg,
+        "<p class=\"note\">Hover a row to highlight its curve.</p>",
+        _trial_table(exp, colors, best),
+        "<h2>Search efficiency</h2>", _img(pngs["efficiency"], "search efficiency"),
+    ]
+    if "parallel_coordinates" in pngs:
+        sections += ["<h2>Knobs against the metric</h2>",
+                     _img(pngs["parallel_coordinates"], "parallel coordinates")]
+    sections += ["<h2>Knob importance</h2>", _importance_html(imp, pngs)]
+    if ablation is not None:
+        sections += ["<h2>Ablation</h2>", _ablation_html(exp, ablation, pngs)]
+    sections += ["<h2>Best recipe</h2>", _best_html(exp, space_file)]
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>cnn-tuner '
+            f"report: {html.escape(exp.path.name)}</title><style>{_CSS}</style></head><body>\n"
+            + "\n".join(sections) + f"\n<script>{_JS}</script>\n</body></html>\n")
+
+
+def write_report(path: str | Path, out: str | Path | None = None) -> Path:
+    """Write ``index.html`` and the PNGs into ``out`` (default ``PATH/report``); return the
+    HTML file's path."""
+    exp = load_experiment(path)
+    out_dir = Path(out) if out else exp.path / REPORT_DIR
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError("--out: exists and is not a folder", where=str(out_dir))
+    metric = exp.settings.metric
+    imp = knob_importance(exp.trials, exp.tuned, metric)
+    ablation_file = exp.path / ABLATION_CSV
+    ablation = pd.read_csv(ablation_file) if ablation_file.is_file() else None
+    best = exp.summary.get("best_trial")
+    best = str(best) if best is not None else None
+    colors = plots.trial_colors(list(exp.trials["trial_id"]))
+    svg, pngs = _figures(exp, imp, ablation, colors, best)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stem, png in pngs.items():
+        (out_dir / f"{stem}.png").write_bytes(png)
+    space_file = out_dir / "space.yaml"  # for the rerun command
+    SearchSpace.from_dict(exp.settings.space).to_yaml(space_file)
+    index = out_dir / "index.html"
+    index.write_text(render_html(exp, imp, ablation, svg, pngs, colors, best, space_file))
+    return index
