@@ -21,6 +21,7 @@ import pytest
 import yaml
 from matplotlib.image import imread
 
+from tuner import plots
 from tuner.cli import main
 from tuner.importance import knob_importance
 from tuner.report import epoch_events, load_experiment, write_report
@@ -201,6 +202,20 @@ def test_importance_handles_categorical_and_inactive_knobs():
 
 
 # -- robustness and errors -------------------------------------------------------------------
+def test_parallel_coordinates_take_categorical_boolean_and_inactive_knobs():
+    df = pd.DataFrame({"lr_schedule": ["step", "cosine", "step", None],
+                       "step_size": [2, np.nan, 5, np.nan],  # conditional: inactive -> NaN
+                       "batch_norm": [True, False, True, True],
+                       "lr": [1e-3, 1e-2, 1e-1, 3e-1], "never": [np.nan] * 4,
+                       "val_acc": [0.2, 0.5, 0.9, 0.7]})
+    fig = plots.parallel_coordinates(df, ["lr_schedule", "step_size", "batch_norm", "lr",
+                                          "never"], {"lr"}, "val_acc")
+    texts = {t.get_text() for t in fig.axes[0].texts}
+    assert {"cosine", "step", "True", "False", "(inactive)", "0.001", "0.3"} <= texts
+    png = imread(io.BytesIO(plots.png_bytes(fig)))
+    assert np.mean(np.any(png[..., :3] < 0.9, axis=-1)) > 0.02
+
+
 @pytest.mark.ray
 def test_report_on_a_run_with_an_errored_trial_and_few_trials(lr_experiment, tmp_path):
     """A trial that errored before its first epoch has no curve; five trials are 'few'."""

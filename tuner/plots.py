@@ -59,13 +59,15 @@ def learning_curves(curves: dict[str, pd.DataFrame], status: dict[str, str], bes
     with matplotlib.rc_context(_RC):
         ax = fig.add_subplot()
         for tid, curve in curves.items():
+            if not len(curve):
+                continue  # errored before its first epoch: nothing to draw
             is_best = tid == best
             (line,) = ax.plot(curve["epoch"], curve[metric], color="black" if is_best else
                               colors[tid], lw=3 if is_best else 1.2, alpha=1 if is_best else 0.75,
                               ls="--" if status.get(tid) in ("non_finite", "errored") else "-",
                               marker="o", ms=2.5, zorder=3 if is_best else 2)
             line.set_gid(f"trial-{tid}")
-            if status.get(tid) in STOPPED and len(curve):
+            if status.get(tid) in STOPPED:
                 mark = ax.plot(curve["epoch"].iloc[-1:], curve[metric].iloc[-1:], marker="X",
                                ms=8, color=line.get_color(), mec="white", mew=0.6, ls="none")
                 mark[0].set_gid(f"stop-{tid}")
@@ -110,15 +112,16 @@ def _axis(values: pd.Series, log: bool) -> tuple[np.ndarray, list[float], list[s
     if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
         cats = sorted(values.dropna().astype(str).unique())
         pos = {c: (i / (len(cats) - 1) if len(cats) > 1 else 0.5) for i, c in enumerate(cats)}
-        y = values.map(lambda v: pos[str(v)] if pd.notna(v) else math.nan).to_numpy(float)
+        y = np.array([pos[str(v)] if pd.notna(v) else math.nan for v in values], dtype=float)
         ticks, labels = list(pos.values()), list(pos)
     else:
-        num = values.astype(float)
-        v = np.log10(num) if log else num
-        lo, hi = float(np.nanmin(v)), float(np.nanmax(v))
+        v = np.asarray(values, dtype=float)
+        v = np.log10(v) if log else v
+        finite = v[~np.isnan(v)]
+        lo, hi = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 0.0)
         span = hi - lo or 1.0
-        y = ((v - lo) / span).to_numpy(float) if hi > lo else np.full(len(v), 0.5)
-        raw = [lo, lo + span / 2, hi] if hi > lo else [lo]
+        y = (v - lo) / span if hi > lo else np.where(np.isnan(v), math.nan, 0.5)
+        raw = [lo, lo + span / 2, hi] if hi > lo else [lo] * bool(len(finite))
         ticks = [(r - lo) / span if hi > lo else 0.5 for r in raw]
         labels = [f"{10 ** r if log else r:.3g}" for r in raw]
     missing = np.isnan(y)
@@ -132,7 +135,7 @@ def parallel_coordinates(df: pd.DataFrame, knobs: list[str], log_knobs: set[str]
                          metric: str) -> Figure:
     """One line per trial across an axis per tuned knob and the metric, coloured by the metric."""
     axes = [*knobs, metric]
-    fig = _figure(max(8.0, 1.3 * len(axes)), 4.2)
+    fig = _figure(min(max(8.0, 1.1 * len(axes)), 12.0), 4.8)
     with matplotlib.rc_context(_RC):
         ax = fig.add_subplot()
         ax.grid(False)
@@ -149,7 +152,9 @@ def parallel_coordinates(df: pd.DataFrame, knobs: list[str], log_knobs: set[str]
             ax.axvline(i, color="black", lw=0.8)
             for t, lab in zip(ticks, labels, strict=True):
                 ax.text(i + 0.04, t, lab, fontsize=7, va="center")
-        ax.set_xticks(xs, [f"{k}\n(log)" if k in log_knobs else k for k in axes], fontsize=8)
+        ax.set_xticks(xs, [f"{k} (log)" if k in log_knobs else k for k in axes], fontsize=8,
+                      rotation=30 if len(axes) > 6 else 0, ha="right" if len(axes) > 6 else
+                      "center")
         ax.set_yticks([])
         ax.set_xlim(-0.2, len(axes) - 0.5)
         ax.set_ylim(-0.2, 1.08)

@@ -23,7 +23,7 @@ from trainables.errors import ConfigError
 from tuner import plots
 from tuner.api import RunSettings
 from tuner.importance import Importance, knob_importance
-from tuner.results import BEST_RECIPE, load_results
+from tuner.results import BEST_RECIPE, RESULTS_CSV, load_results
 
 REPORT_DIR, ABLATION_CSV = "report", "ablation.csv"
 
@@ -72,8 +72,9 @@ def load_experiment(path: str | Path) -> Experiment:
     if not p.is_dir():
         raise ConfigError("no such experiment folder", where=str(p))
     settings = RunSettings.load(p)
-    trials, summary = load_results(p)
-    trials["trial_id"] = trials["trial_id"].astype(str)
+    _, summary = load_results(p)  # checks both files are there and readable
+    # read again keeping ids as text: an all-digit id such as "01234567" must stay one
+    trials = pd.read_csv(p / RESULTS_CSV, dtype={"trial_id": str})
     space = SearchSpace.from_dict(settings.space)
     tuned = [k for k in space.tuned if k in trials.columns]
     log_knobs = {k for k, d in space.tuned.items() if isinstance(d, LogUniform)}
@@ -127,7 +128,8 @@ body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0
 h1{font-size:1.6em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
 table{border-collapse:collapse;margin:.6em 0;font-size:.88em}
 td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left} th{background:#f4f4f4}
-img,svg{max-width:100%;height:auto} pre{background:#f6f8fa;padding:.8em;overflow-x:auto}
+img,svg{max-width:100%;height:auto} pre{background:#f6f8fa;padding:.8em;white-space:pre-wrap}
+.scroll{overflow-x:auto}
 .note{color:#555;font-style:italic} .swatch{display:inline-block;width:1.6em;height:.7em}
 tr.best{font-weight:bold} tr.hl{background:#ffec99} g.hl path{stroke-width:4px!important}
 """
@@ -167,14 +169,17 @@ def _trial_table(exp: Experiment, colors: dict[str, str], best: str | None) -> s
         rows.append(f'<tr data-trial="{html.escape(t)}"{cls}><td><span class="swatch" '
                     f'style="background:{swatch}"></span></td><td>{html.escape(t)}'
                     f'{" (best)" if t == best else ""}</td>{cells}</tr>')
-    return f'<table id="trials"><tr>{head}</tr>{"".join(rows)}</table>'
+    return f'<div class="scroll"><table id="trials"><tr>{head}</tr>{"".join(rows)}</table></div>'
 
 
-def _importance_html(imp: Importance, figs: dict[str, bytes]) -> str:
+def _importance_html(exp: Experiment, imp: Importance, figs: dict[str, bytes]) -> str:
+    uneven = exp.trials["epochs_run"].nunique() > 1
     parts = [f'<p class="note">{html.escape(imp.note)}. Importance is each knob\'s share of the '
              "variance of the final metric explained by a random forest over the trial table "
              "(mean decrease in impurity, as Optuna's MeanDecreaseImpurityImportanceEvaluator); "
-             "a family's is the sum over its knobs.</p>"]
+             "a family's is the sum over its knobs."
+             + (" Trials stopped early count with the value they had when stopped."
+                if uneven else "") + "</p>"]
     knobs = imp.knobs.rename(columns={"values": "distinct values"})
     parts.append(knobs.to_html(table_id="importance", index=False, float_format="{:.3f}".format,
                                na_rep="n/a", border=0))
@@ -247,9 +252,12 @@ def render_html(exp: Experiment, imp: Importance, ablation: pd.DataFrame | None,
     s, st = exp.summary, exp.settings
     cost = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
                    for k, v in cost_rows(exp))
+    def acc(v: object) -> str:
+        return "n/a" if v is None else f"{float(v):.4f}"
+
     best_line = ("no trial produced a result" if best is None else
-                 f"best trial {best}: {st.metric} {_fmt(s.get('best_val_acc'))}, "
-                 f"test_acc {_fmt(s.get('best_test_acc')) or 'n/a'}")
+                 f"best trial {best}: val_acc {acc(s.get('best_val_acc'))}, "
+                 f"test_acc {acc(s.get('best_test_acc'))}")
     sections = [
         f"<h1>cnn-tuner report: {html.escape(exp.path.name)}</h1>",
         f"<p>{html.escape(str(exp.path))} &middot; {st.searcher} search, {st.scheduler} "
@@ -264,7 +272,7 @@ def render_html(exp: Experiment, imp: Importance, ablation: pd.DataFrame | None,
     if "parallel_coordinates" in pngs:
         sections += ["<h2>Knobs against the metric</h2>",
                      _img(pngs["parallel_coordinates"], "parallel coordinates")]
-    sections += ["<h2>Knob importance</h2>", _importance_html(imp, pngs)]
+    sections += ["<h2>Knob importance</h2>", _importance_html(exp, imp, pngs)]
     if ablation is not None:
         sections += ["<h2>Ablation</h2>", _ablation_html(exp, ablation, pngs)]
     sections += ["<h2>Best recipe</h2>", _best_html(exp, space_file)]

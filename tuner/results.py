@@ -143,6 +143,7 @@ def load_results(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
         raise ConfigError(f"no {RESULTS_CSV}/{SUMMARY} here: not a finished cnn-tuner "
                           "experiment (resume it with `cnn-tuner resume PATH`)", where=str(p))
     try:
-        return pd.read_csv(csv), json.loads(summary.read_text())
+        return (pd.read_csv(csv, dtype={"trial_id": str}),
+                json.loads(summary.read_text()))
     except (ValueError, pd.errors.ParserError) as e:
         raise ConfigError(f"corrupt results file ({e})", where=str(p)) from None
