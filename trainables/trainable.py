@@ -74,6 +74,7 @@ def run_trial(config: dict[str, Any], data: DataSplits | None = None,
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     torch.set_num_threads(_trial_cpus())
     device, gpu_ids = trial_device()
+    node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
     resume = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -81,7 +82,8 @@ def run_trial(config: dict[str, Any], data: DataSplits | None = None,
             resume = load_checkpoint(Path(d) / CHECKPOINT_FILE)
 
     def report(metrics: dict[str, Any], state_fn: Any) -> None:
-        metrics = {**metrics, "device": str(device), "gpu_ids": gpu_ids, "pid": os.getpid()}
+        metrics = {**metrics, "device": str(device), "gpu_ids": gpu_ids, "pid": os.getpid(),
+                   "node_id": node_id}
         if metrics["epoch"] % options.checkpoint_every and "stop_reason" not in metrics:
             tune.report(metrics)
             return

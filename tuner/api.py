@@ -42,6 +42,7 @@ class RunSettings:
     max_failures: int = 2
     checkpoint_every: int = 1
     scheduler_options: dict[str, Any] = field(default_factory=dict)
+    shared_storage: bool = False  # every cluster node sees the storage path (tuner.cluster)
 
     def save(self, path: Path) -> None:
         (path / SETTINGS_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -165,12 +166,15 @@ def tune(space: SearchSpace | dict | str | Path = "quick", *, dataset: str | Non
          name: str | None = None, seed: int = 0, address: str | None = None,
          fixed: dict[str, Any] | None = None, scheduler_options: SchedulerOptions | None = None,
          max_failures: int = 2, checkpoint_every: int = 1, resume: bool = False,
-         verbose: int = 1) -> TuneResult:
+         shared_storage: bool = False, verbose: int = 1) -> TuneResult:
     """Search ``space`` with Ray Tune and return the trials, the best recipe and its metrics.
 
     ``space`` is a preset name, a YAML path, a dict of knob -> distribution or value, or a
     SearchSpace. ``fixed`` fixes knobs on top (the CLI's ``--set``). Everything is validated
     before Ray starts; errors are ``ConfigError`` with one line naming the knob and the rule.
+    On a multi-node cluster (``address``) ``storage`` must be shared: a URI (``s3://...``), a
+    network file system, or a path declared shared with ``shared_storage=True`` (or the
+    environment variable ``CNN_TUNER_SHARED_STORAGE=1``); see ``tuner.cluster``.
     """
     from tuner.runner import run_experiment  # imports Ray: keep `import tuner` light
 
@@ -186,7 +190,7 @@ def tune(space: SearchSpace | dict | str | Path = "quick", *, dataset: str | Non
         max_epochs=int(epochs), metric=metric, mode=mode,
         cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
         max_concurrent=max_concurrent, seed=seed, max_failures=max_failures,
-        checkpoint_every=checkpoint_every,
+        checkpoint_every=checkpoint_every, shared_storage=shared_storage,
         scheduler_options=asdict(scheduler_options or SchedulerOptions()))
     _check_resources(space_obj, settings)
     _check_gpus(gpus_per_trial, address)

@@ -138,7 +138,10 @@ def run_experiment(settings: Any, space: SearchSpace, *, storage: str, name: str
     scheduler = build_scheduler(settings.scheduler, settings.max_epochs,
                                 SchedulerOptions(**settings.scheduler_options), mutations)
     data = load_run_data(space)
+    on_cluster = bool(address) or ray.is_initialized()  # not a Ray of our own
     with ray_session(address):
+        if on_cluster:
+            _check_storage(storage, settings)
         if exists:
             return _restore(path, settings, data, verbose), path
         if "://" not in path:
@@ -174,6 +177,16 @@ def check_experiment_state(path: str) -> None:
                           where=str(states[-1])) from None
 
 
+def _check_storage(storage: str, settings: Any) -> None:
+    """On a Ray we joined (a cluster), refuse node-local storage when trials may run on
+    several nodes (tuner.cluster); a Ray this run starts itself is one node."""
+    from tuner.cluster import check_shared_storage
+
+    resources = {"CPU": settings.cpus_per_trial, "GPU": settings.gpus_per_trial}
+    check_shared_storage(storage, shared_storage=settings.shared_storage,
+                         trial_resources={k: v for k, v in resources.items() if v})
+
+
 def _restore(path: str, settings: Any, data: DataSplits, verbose: int) -> Any:
     check_experiment_state(path)
     try:
@@ -201,5 +214,8 @@ def restore_experiment(path: str | Path, *, address: str | None,
                           "missing)", where=path)
     space = SearchSpace.from_dict(settings.space)
     data = load_run_data(space)
+    on_cluster = bool(address) or ray.is_initialized()
     with ray_session(address):
+        if on_cluster:
+            _check_storage(path, settings)
         return _restore(path, settings, data, verbose), settings, path
