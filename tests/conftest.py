@@ -1,9 +1,14 @@
 """Shared test setup: small thread counts so the suite runs on 2 cores; one Ray per session."""
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+# Ray binds every port to 127.0.0.1 only in its single-machine mode, read when Ray is imported
+# (see tuner.api.prefer_loopback): tests never listen beyond loopback.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 torch.set_num_threads(1)
 

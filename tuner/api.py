@@ -8,6 +8,7 @@ A run is: validate the space -> load the data once on the driver -> put it in th
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -152,6 +153,19 @@ def _check_gpus(gpus_per_trial: float, address: str | None) -> None:
                           "cluster with GPUs)")
 
 
+def prefer_loopback(address: str | None) -> None:
+    """A local run (no ``address``) keeps every Ray socket on 127.0.0.1.
+
+    Ray 2.60 on Linux binds its GCS, raylet and worker ports to all interfaces even when told
+    the node address is 127.0.0.1, unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (its
+    single-machine mode) is set before Ray is imported. A run that joins a cluster must not
+    set it (the driver's address must be the node's)."""
+    import sys
+
+    if not address and "ray" not in sys.modules:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
 def _ray_initialized() -> bool:
     import sys
 
@@ -176,6 +190,7 @@ def tune(space: SearchSpace | dict | str | Path = "quick", *, dataset: str | Non
     network file system, or a path declared shared with ``shared_storage=True`` (or the
     environment variable ``CNN_TUNER_SHARED_STORAGE=1``); see ``tuner.cluster``.
     """
+    prefer_loopback(address)
     from tuner.runner import run_experiment  # imports Ray: keep `import tuner` light
 
     space_obj = resolve_space(space, dataset=dataset, data_dir=data_dir, max_epochs=max_epochs,
@@ -212,6 +227,7 @@ def tune(space: SearchSpace | dict | str | Path = "quick", *, dataset: str | Non
 def resume(path: str | Path, *, address: str | None = None, verbose: int = 1) -> TuneResult:
     """Finish an interrupted experiment: unfinished trials resume from their checkpoints,
     errored ones restart, the searcher keeps its history."""
+    prefer_loopback(address)
     from tuner.runner import restore_experiment
 
     if not 0 <= verbose <= 3:

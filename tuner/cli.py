@@ -276,6 +276,9 @@ def _one_line_warnings(message, category, filename, lineno, line=None) -> str:  
 def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _one_line_warnings
     args = build_parser().parse_args(argv)
+    from tuner.api import prefer_loopback
+
+    prefer_loopback(getattr(args, "address", None))
     try:
         return args.func(args)
     except ConfigError as e:
