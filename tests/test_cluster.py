@@ -480,6 +480,11 @@ def test_s3_storage_through_a_local_s3_server(two_nodes, s3_endpoint, tmp_path):
             nodes.add(json.loads(f.read().decode().splitlines()[-1])["node_id"])
     assert nodes == {two_nodes.head, two_nodes.worker}
     assert not list(tmp_path.rglob("result.json"))  # nothing written to the local disk
+    for name in ("results.csv", "summary.json", "best_recipe.yaml", "cnn_tuner_run.json"):
+        assert f"{BUCKET}/results/s3exp/{name}" in files, name  # cnn-tuner's files too
+    top = subprocess.run([*CLI, "results", f"{storage}/s3exp", "--top", "2"],
+                         env=two_nodes.driver_env(), capture_output=True, text=True, timeout=60)
+    assert top.returncode == 0 and top.stdout.count("completed") == 2, top.stderr[-2000:]
 
 
 @pytest.mark.ray

@@ -18,6 +18,7 @@ from typing import Any
 from search_spaces import SearchSpace, load_space
 from trainables.errors import ConfigError
 from trainables.recipe import DATA_KNOBS, KNOBS, Recipe
+from tuner import storage
 from tuner.results import TuneResult, collect_results
 from tuner.schedulers import SchedulerOptions
 
@@ -45,19 +46,21 @@ class RunSettings:
     scheduler_options: dict[str, Any] = field(default_factory=dict)
     shared_storage: bool = False  # every cluster node sees the storage path (tuner.cluster)
 
-    def save(self, path: Path) -> None:
-        (path / SETTINGS_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
+    def save(self, path: str) -> None:
+        storage.write_text(storage.join(path, SETTINGS_FILE),
+                           json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: Path) -> RunSettings:
-        f = path / SETTINGS_FILE
-        if not f.is_file():
+    def load(cls, path: str) -> RunSettings:
+        f = storage.join(path, SETTINGS_FILE)
+        text = storage.read_text(f)
+        if text is None:
             raise ConfigError(f"not a cnn-tuner experiment folder (no {SETTINGS_FILE})",
                               where=str(path))
         try:
-            return cls(**json.loads(f.read_text()))
+            return cls(**json.loads(text))
         except (json.JSONDecodeError, TypeError) as e:
-            raise ConfigError(f"corrupt run settings ({e})", where=str(f)) from None
+            raise ConfigError(f"corrupt run settings ({e})", where=f) from None
 
 
 def resolve_space(space: SearchSpace | dict | str | Path, *, dataset: str | None = None,

@@ -12,6 +12,7 @@ errored (raised; see ``error``).
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import pandas as pd
 
 from trainables.errors import ConfigError
 from trainables.recipe import KNOBS, Recipe
+from tuner import storage
 
 METRIC_COLUMNS = ("val_acc", "val_loss", "train_acc", "train_loss", "test_acc",
                   "images_per_s")
@@ -117,12 +119,11 @@ def collect_results(result_grid: Any, settings: Any, path: str,
         "metric": settings.metric, "mode": settings.mode,
         "best_recipe": best_recipe.to_dict() if best_recipe else None,
     }
-    if "://" not in path:
-        out = Path(path)
-        df.drop(columns=["path"]).to_csv(out / RESULTS_CSV, index=False)
-        if best_recipe is not None:
-            best_recipe.to_yaml(out / BEST_RECIPE)
-        (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    table = df.drop(columns=["path"]).to_csv(index=False)
+    storage.write_text(storage.join(path, RESULTS_CSV), table)
+    if best_recipe is not None:
+        storage.write_text(storage.join(path, BEST_RECIPE), best_recipe.to_yaml())
+    storage.write_text(storage.join(path, SUMMARY), json.dumps(summary, indent=2) + "\n")
     return TuneResult(dataframe=df, best_recipe=best_recipe, best_metrics=best_metrics,
                       summary=summary, path=path)
 
@@ -136,14 +137,13 @@ def _plain(v: Any) -> Any:
 
 
 def load_results(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """results.csv and summary.json of a finished experiment folder."""
-    p = Path(path)
-    csv, summary = p / RESULTS_CSV, p / SUMMARY
-    if not csv.is_file() or not summary.is_file():
+    """results.csv and summary.json of a finished experiment folder (a path or a URI)."""
+    csv = storage.read_text(storage.join(str(path), RESULTS_CSV))
+    summary = storage.read_text(storage.join(str(path), SUMMARY))
+    if csv is None or summary is None:
         raise ConfigError(f"no {RESULTS_CSV}/{SUMMARY} here: not a finished cnn-tuner "
-                          "experiment (resume it with `cnn-tuner resume PATH`)", where=str(p))
+                          "experiment (resume it with `cnn-tuner resume PATH`)", where=str(path))
     try:
-        return (pd.read_csv(csv, dtype={"trial_id": str}),
-                json.loads(summary.read_text()))
+        return (pd.read_csv(io.StringIO(csv), dtype={"trial_id": str}), json.loads(summary))
     except (ValueError, pd.errors.ParserError) as e:
-        raise ConfigError(f"corrupt results file ({e})", where=str(p)) from None
+        raise ConfigError(f"corrupt results file ({e})", where=str(path)) from None

@@ -144,9 +144,7 @@ def run_experiment(settings: Any, space: SearchSpace, *, storage: str, name: str
             _check_storage(storage, settings)
         if exists:
             return _restore(path, settings, data, verbose), path
-        if "://" not in path:
-            Path(path).mkdir(parents=True, exist_ok=True)
-            settings.save(Path(path))
+        settings.save(path)
         tuner = Tuner(
             build_trainable(settings, data), param_space=plan.param_space,
             tune_config=TuneConfig(
@@ -208,7 +206,7 @@ def restore_experiment(path: str | Path, *, address: str | None,
     from tuner.api import RunSettings
 
     path = str(Path(path).expanduser().resolve()) if "://" not in str(path) else str(path)
-    settings = RunSettings.load(Path(path))
+    settings = RunSettings.load(path)
     if not Tuner.can_restore(path):
         raise ConfigError("no Ray Tune experiment state to resume (experiment_state-*.json is "
                           "missing)", where=path)
