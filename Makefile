@@ -21,5 +21,17 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# The CPU benchmarks (benchmarks/*.py), one JSON line each, also collected in $(BENCH_OUT);
+# 12 minutes on 2 quiet cores (20 when other work loads them; see BENCHMARKS.md). Optuna is a
+# benchmark-only dependency. gpu_throughput needs CUDA: run it by hand on a GPU machine.
+BENCH_OUT ?= runs/bench-cpu.jsonl
+BENCH_CPU  = trial_overhead augment search_efficiency concurrency short_trials
+
+bench: $(STAMP)
+	$(PY) -c 'import optuna' 2>/dev/null || $(PY) -m pip install -q 'optuna>=3.0'
+	mkdir -p $(dir $(BENCH_OUT)) && : > $(BENCH_OUT)
+	for b in $(BENCH_CPU); do \
+	  $(PY) benchmarks/$$b.py >> $(BENCH_OUT) || exit 1; tail -n 1 $(BENCH_OUT); done
+
 clean:
 	rm -rf $(VENV) runs cnn-tuner-results .pytest_cache

@@ -25,7 +25,6 @@ import argparse
 import time
 
 import torch
-
 from _common import emit, stdout_to_stderr
 
 TARGET = 3.0

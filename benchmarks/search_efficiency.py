@@ -4,19 +4,24 @@ Four searches of the same space with the same ``--num-samples`` and ``--max-epoc
 repeated over ``--seeds``:
 
 * tpe_asha: ``tuner.tune`` with hyperopt TPE and ASHA (the product's default; grace 2 epochs,
-  reduction factor 3);
+  reduction factor 3, or ``--grace-period`` / ``--reduction-factor``);
 * random_full: random search, no early stopping (fifo);
 * tpe_full: TPE, no early stopping;
 * optuna_sh: Optuna in one process (TPE sampler, successive-halving pruner with the same grace
   and reduction factor, ``n_jobs=2`` threads) calling ``trainables.loop.train``.
+
+Every search runs 2 trials at a time (``--max-concurrent``): without ``max_concurrent`` the
+tpe searches run one trial at a time whenever trials are shorter than a worker's start-up
+(Ray keeps one pending trial for non-random searchers; see short_trials and BENCHMARKS.md),
+which would make their wall times incomparable.
 
 Figures per search (mean over seeds, and per seed): trial-epochs used, wall time, best val_acc
 and the test_acc of that best trial (the best is picked among trials that finished on their
 own, as ``tuner.tune`` does). Headline ratio: tpe_asha's trial-epochs / the full budget
 (num_samples x max_epochs). Target: <= 0.35 with a best val_acc within 0.5 points of the better
 full-budget search. The space is the ``quick`` preset with ``--fixed`` knobs on top (by default
-``width=16 image_size=16``: digits are 8x8 scans, so 16x16 loses nothing, and it keeps three
-seeds of four searches inside ``make bench``'s time).
+``width=16 image_size=16 batch_size=128``: digits are 8x8 scans, so 16x16 loses nothing, and
+it keeps three seeds of four searches inside ``make bench``'s time).
 
     python benchmarks/search_efficiency.py [--num-samples 24] [--max-epochs 12] [--seeds 3]
 """
@@ -29,29 +34,50 @@ import time
 from typing import Any
 
 import torch
-
-from _common import emit, mean, optuna_config, parse_fixed, quiet_optuna, ray_local, \
-    stdout_to_stderr
+from _common import (
+    emit,
+    mean,
+    optuna_config,
+    parse_fixed,
+    quiet_optuna,
+    ray_local,
+    stdout_to_stderr,
+)
 
 TARGET_FRACTION, TARGET_GAP_POINTS = 0.35, 0.5
-GRACE, REDUCTION = 2, 3  # ASHA's defaults in tuner.schedulers.SchedulerOptions
 METHODS = ("tpe_asha", "random_full", "tpe_full", "optuna_sh")
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--space", default="quick", help="preset name or YAML file")
-    p.add_argument("--fixed", nargs="*", default=["width=16", "image_size=16"],
+    p.add_argument("--fixed", nargs="*", default=["width=16", "image_size=16", "batch_size=128"],
                    help="KNOB=VALUE fixed on top of the space")
+    p.add_argument("--max-concurrent", type=int, default=2,
+                   help="trials at a time in every search (Optuna: n_jobs)")
     p.add_argument("--num-samples", type=int, default=24)
     p.add_argument("--max-epochs", type=int, default=12)
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
+    p.add_argument("--grace-period", type=int, default=None,
+                   help="ASHA / successive halving grace (default: tuner's, 2 epochs)")
+    p.add_argument("--reduction-factor", type=float, default=None,
+                   help="ASHA / successive halving reduction factor (default: tuner's, 3)")
     p.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
-    p.add_argument("--quick", action="store_true", help="smoke run: 6 samples, 3 epochs, 1 seed")
+    p.add_argument("--quick", action="store_true", help="smoke run: 4 samples, 2 epochs, 1 seed")
     args = p.parse_args()
     if args.quick:
-        args.num_samples, args.max_epochs, args.seeds = 6, 3, 1
+        args.num_samples, args.max_epochs, args.seeds = 4, 2, 1
     return args
+
+
+def scheduler_options(args: argparse.Namespace) -> Any:
+    """The tuner's SchedulerOptions, with --grace-period / --reduction-factor on top."""
+    from tuner.schedulers import SchedulerOptions
+
+    defaults = SchedulerOptions()
+    return SchedulerOptions(
+        grace_period=args.grace_period or defaults.grace_period,
+        reduction_factor=args.reduction_factor or defaults.reduction_factor)
 
 
 def run_tuner(args: argparse.Namespace, method: str, seed: int, tmp: str) -> dict[str, Any]:
@@ -61,7 +87,8 @@ def run_tuner(args: argparse.Namespace, method: str, seed: int, tmp: str) -> dic
     scheduler = "asha" if method == "tpe_asha" else "fifo"
     res = tune(args.space, num_samples=args.num_samples, max_epochs=args.max_epochs,
                searcher=searcher, scheduler=scheduler, fixed=parse_fixed(args.fixed),
-               storage=tmp, name=f"{method}-{seed}", verbose=0, seed=seed)
+               max_concurrent=args.max_concurrent, storage=tmp, name=f"{method}-{seed}",
+               scheduler_options=scheduler_options(args), verbose=0, seed=seed)
     s = res.summary
     return {"trial_epochs": s["total_trial_epochs"], "wall_s": s["wall_time_s"],
             "best_val_acc": s["best_val_acc"], "best_test_acc": s["best_test_acc"],
@@ -103,10 +130,11 @@ def run_optuna(args: argparse.Namespace, seed: int) -> dict[str, Any]:
 
     sampler = optuna.samplers.TPESampler(seed=seed,
                                          n_startup_trials=max(4, args.num_samples // 4))
-    pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=GRACE,
-                                                    reduction_factor=REDUCTION)
+    opts = scheduler_options(args)
+    pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=opts.grace_period,
+                                                    reduction_factor=int(opts.reduction_factor))
     study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
-    study.optimize(objective, n_trials=args.num_samples, n_jobs=2)
+    study.optimize(objective, n_trials=args.num_samples, n_jobs=args.max_concurrent)
     best = study.best_trial
     return {"trial_epochs": sum(epochs_run), "wall_s": time.perf_counter() - start,
             "best_val_acc": best.value, "best_test_acc": best.user_attrs["test_acc"],

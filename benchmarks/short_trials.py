@@ -25,7 +25,6 @@ import time
 from typing import Any
 
 import torch
-
 from _common import (
     Timer,
     emit,
@@ -46,10 +45,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--skip-fix", action="store_true",
                    help="skip the tuner run with max_concurrent=2")
-    p.add_argument("--quick", action="store_true", help="smoke run: 6 tiny trials")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 4 tiny trials, no max_concurrent variant")
     args = p.parse_args()
     if args.quick:
-        args.trials, args.width, args.image_size = 6, 16, 16
+        args.trials, args.width, args.image_size, args.skip_fix = 4, 16, 16, True
     return args
 
 

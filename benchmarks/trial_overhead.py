@@ -12,7 +12,7 @@ one-time costs: start-up, first-touch allocations). For (c) the epoch time is Ra
 Variants run interleaved, ``--repeats`` times; medians are reported. All three must reach the
 same val_acc (``same_metrics``), which shows they did the same work.
 
-    python benchmarks/trial_overhead.py [--epochs 4] [--width 32] [--repeats 2] [--quick]
+    python benchmarks/trial_overhead.py [--epochs 3] [--width 32] [--repeats 3] [--quick]
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import tempfile
 import time
 
 import torch
-
 from _bare import BareCNN, BareData, bare_train
 from _common import Timer, emit, median, ray_local, stdout_to_stderr, trial_results
 
@@ -31,12 +30,12 @@ TARGET = 0.95
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--width", type=int, default=32, help="simple_cnn width (default recipe: 32)")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads of (a) and (b), CPUs of the trial (c)")
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="smoke run: 2 epochs, tiny model")
     args = p.parse_args()
     if args.quick:
@@ -86,7 +85,7 @@ def main() -> None:
             stamps = [time.perf_counter()]
             with Timer() as t:
                 res = train(recipe, data, "cpu",
-                            lambda m, s: stamps.append(time.perf_counter()))
+                            lambda m, s, st=stamps: st.append(time.perf_counter()))
             total_s["b"].append(t.s)
             epoch_s["b"] += [b - a for a, b in zip(stamps[1:-1], stamps[2:], strict=True)]
             train_ips["b"] += [m["images_per_s"] for m in res.history[1:]]
