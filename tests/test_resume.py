@@ -28,8 +28,8 @@ def _finished_trials(exp: Path) -> dict[str, int]:
 def test_ctrl_c_then_resume_finishes_every_trial_once(tmp_path):
     exp = tmp_path / "exp"
     run = subprocess.Popen(
-        [*CLI, "run", "--storage", str(tmp_path), "--name", "exp", "--num-samples", "6",
-         "--max-epochs", "3", "--searcher", "tpe", "--scheduler", "fifo", "--set", "width=8",
+        [*CLI, "run", "--storage", str(tmp_path), "--name", "exp", "--num-samples", "8",
+         "--max-epochs", "6", "--searcher", "tpe", "--scheduler", "fifo", "--set", "width=16",
          "--verbose", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
     deadline = time.time() + 240
@@ -47,10 +47,10 @@ def test_ctrl_c_then_resume_finishes_every_trial_once(tmp_path):
                              text=True, timeout=400)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     df = pd.read_csv(exp / "results.csv")
-    assert len(df) == 6 and df["trial_id"].is_unique
-    assert (df["status"] == "completed").all() and (df["epochs_run"] == 3).all()
+    assert len(df) == 8 and df["trial_id"].is_unique
+    assert (df["status"] == "completed").all() and (df["epochs_run"] == 6).all()
     after = _finished_trials(exp)
     for trial, epochs in before.items():  # finished before Ctrl+C: not rerun
-        assert after[trial] == epochs == 3
+        assert after[trial] == epochs == 6
     summary = json.loads((exp / "summary.json").read_text())
-    assert summary["trials"] == 6 and summary["best_test_acc"] is not None
+    assert summary["trials"] == 8 and summary["best_test_acc"] is not None

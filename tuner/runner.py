@@ -89,6 +89,15 @@ def _fit(tuner: Tuner, path: str, settings: Any) -> Any:
     return grid
 
 
+def trial_slots(settings: Any) -> int:
+    """How many trials the running Ray cluster can hold at once (at least 1)."""
+    resources = ray.cluster_resources()
+    slots = resources.get("CPU", 1) / settings.cpus_per_trial
+    if settings.gpus_per_trial:
+        slots = min(slots, resources.get("GPU", 0) / settings.gpus_per_trial)
+    return max(1, int(slots + 1e-9))
+
+
 def _trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
@@ -96,7 +105,8 @@ def _trial_dirname(trial: Any) -> str:
 def build_trainable(settings: Any, data: DataSplits) -> Any:
     """The trainable with its resources; the dataset goes into the object store exactly once
     (an ObjectRef handed to with_parameters is passed through, not put again)."""
-    options = TrialOptions(checkpoint_every=settings.checkpoint_every)
+    options = TrialOptions(checkpoint_every=settings.checkpoint_every,
+                           checkpoint_budget=1.0 if settings.scheduler == "pbt" else 0.05)
     trainable = tune.with_parameters(run_trial, data=ray.put(data), options=options)
     return tune.with_resources(trainable, {"cpu": settings.cpus_per_trial,
                                            "gpu": settings.gpus_per_trial})
@@ -131,9 +141,9 @@ def run_experiment(settings: Any, space: SearchSpace, *, storage: str, name: str
     if exists and not resume:
         raise ConfigError(f"experiment {path} already exists; finish it with `cnn-tuner resume "
                           f"{path}` (or pass --resume), or choose another --name")
-    plan = build_search(settings.searcher, space, seed=settings.seed,
+    plan = build_search(settings.searcher, space, seed=settings.seed,  # validates before Ray
                         num_samples=settings.num_samples, metric=settings.metric,
-                        mode=settings.mode)
+                        mode=settings.mode, max_concurrent=settings.max_concurrent or 0)
     mutations = pbt_mutations(space) if settings.scheduler == "pbt" else None
     scheduler = build_scheduler(settings.scheduler, settings.max_epochs,
                                 SchedulerOptions(**settings.scheduler_options), mutations)
@@ -144,13 +154,17 @@ def run_experiment(settings: Any, space: SearchSpace, *, storage: str, name: str
             _check_storage(storage, settings)
         if exists:
             return _restore(path, settings, data, verbose), path
+        if not settings.max_concurrent:  # default: as many trials as the cluster holds
+            plan = build_search(settings.searcher, space, seed=settings.seed,
+                                num_samples=settings.num_samples, metric=settings.metric,
+                                mode=settings.mode, max_concurrent=trial_slots(settings))
         settings.save(path)
         tuner = Tuner(
             build_trainable(settings, data), param_space=plan.param_space,
             tune_config=TuneConfig(
                 metric=settings.metric, mode=settings.mode, search_alg=plan.search_alg,
                 scheduler=scheduler, num_samples=settings.num_samples,
-                max_concurrent_trials=settings.max_concurrent, reuse_actors=True,
+                max_concurrent_trials=plan.max_concurrent_trials, reuse_actors=True,
                 trial_dirname_creator=_trial_dirname),
             run_config=_run_config(settings, storage, name, verbose))
         return _fit(tuner, path, settings), path

@@ -26,6 +26,7 @@ class SearchPlan:
 
     search_alg: Searcher | None
     param_space: dict[str, Any]
+    max_concurrent_trials: int | None  # for TuneConfig (None: the search_alg limits itself)
 
 
 class FlatHyperOptSearch(HyperOptSearch):
@@ -42,31 +43,37 @@ class FlatHyperOptSearch(HyperOptSearch):
         return {**self._fixed, **flatten_config(config)}
 
 
-def _variants(space: SearchSpace, seed: int, num_samples: int, metric: str,
-              mode: str) -> SearchPlan:
-    return SearchPlan(BasicVariantGenerator(random_state=seed), to_tune_param_space(space, seed))
+def _variants(space: SearchSpace, seed: int, num_samples: int, metric: str, mode: str,
+              max_concurrent: int) -> SearchPlan:
+    # the concurrency limit goes into the generator: Ray ignores TuneConfig's for a ready-made one
+    return SearchPlan(BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent),
+                      to_tune_param_space(space, seed), max_concurrent_trials=None)
 
 
-def _tpe(space: SearchSpace, seed: int, num_samples: int, metric: str, mode: str) -> SearchPlan:
+def _tpe(space: SearchSpace, seed: int, num_samples: int, metric: str, mode: str,
+         max_concurrent: int) -> SearchPlan:
     if any(isinstance(d, Grid) for d in space.tuned.values()):
         raise ConfigError("searcher 'tpe': grid values need --searcher grid (or use choice)")
     if not space.tuned:  # nothing to learn: every trial is the same fixed recipe
-        return _variants(space, seed, num_samples, metric, mode)
+        return _variants(space, seed, num_samples, metric, mode, max_concurrent)
     # A quarter of the budget as random start-up points (hyperopt's default is 20, too many
     # for small budgets), at least 4 so TPE's density estimates have something to fit.
     n_initial = max(4, num_samples // 4)
     alg = FlatHyperOptSearch(space=to_hyperopt_space(space), fixed=space.fixed, metric=metric,
                              mode=mode, n_initial_points=n_initial, random_state_seed=seed)
-    return SearchPlan(alg, {})
+    # Without an explicit limit Ray keeps one pending trial for a non-random searcher, so short
+    # trials would run one at a time: allow as many as the cluster has trial slots.
+    return SearchPlan(alg, {}, max_concurrent_trials=max_concurrent)
 
 
-SEARCHERS: dict[str, Callable[[SearchSpace, int, int, str, str], SearchPlan]] = {
+SEARCHERS: dict[str, Callable[[SearchSpace, int, int, str, str, int], SearchPlan]] = {
     "grid": _variants, "random": _variants, "tpe": _tpe,
 }
 
 
 def build_search(name: str, space: SearchSpace, *, seed: int, num_samples: int,
-                 metric: str = "val_acc", mode: str = "max") -> SearchPlan:
+                 metric: str = "val_acc", mode: str = "max", max_concurrent: int = 0) -> SearchPlan:
+    """``max_concurrent``: trials at once (0: as many as Ray can place)."""
     """The search plan for searcher ``name``; unknown names list the valid ones."""
     if name not in SEARCHERS:
         raise ConfigError(f"--searcher: unknown searcher {name!r}; valid: {', '.join(SEARCHERS)}")
@@ -74,4 +81,4 @@ def build_search(name: str, space: SearchSpace, *, seed: int, num_samples: int,
     if name == "grid" and sampled:
         raise ConfigError(f"searcher 'grid': every tuned knob must be a grid, but {sampled[0]!r} "
                           "is sampled (use --searcher random, or give it grid: [...])")
-    return SEARCHERS[name](space, seed, num_samples, metric, mode)
+    return SEARCHERS[name](space, seed, num_samples, metric, mode, max_concurrent)
