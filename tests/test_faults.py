@@ -152,9 +152,15 @@ def test_killed_trial_workers_resume_from_their_checkpoints(ray_local, tmp_path)
     for trial in exp.glob("trial_*"):
         rows = _epochs(trial)
         epochs = [r["epoch"] for r in rows]
-        assert epochs == sorted(set(epochs)) and epochs[-1] == 5, epochs  # nothing redone
-        if len({r["pid"] for r in rows}) > 1:
-            resumed += 1  # continued in a new process from its checkpoint, not from epoch 1
+        # finished, and never restarted from scratch (a kill between a checkpoint being saved
+        # and its result reaching the driver can leave that epoch's row out of result.json)
+        assert epochs[-1] == 5 and epochs.count(1) == 1, epochs
+        for before, after in zip(rows, rows[1:], strict=False):
+            if after["pid"] != before["pid"]:  # the trial went on in a new worker process...
+                resumed += 1
+                # ...from its last checkpoint: not from epoch 1, and at most the epochs since
+                # that checkpoint are trained again
+                assert 1 < after["epoch"] <= before["epoch"] + 2, epochs
     assert resumed >= 1
 
 
