@@ -19,6 +19,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -132,6 +133,14 @@ def load_data(dataset: str, *, data_dir: str = "data", download: bool = False,
 
 
 # -- splitting, resizing, statistics ------------------------------------------------------------
+
+def load_recipe_data(recipe: Any) -> DataSplits:
+    """The splits a Recipe's data knobs name (dataset, data_dir, download, val_fraction,
+    image_size, split_seed)."""
+    return load_data(recipe.dataset, data_dir=recipe.data_dir, download=recipe.download,
+                     val_fraction=recipe.val_fraction, image_size=recipe.image_size,
+                     split_seed=recipe.split_seed)
+
 
 def _stratified_split(y: np.ndarray, fraction: float, seed: list[int],
                       what: str) -> tuple[np.ndarray, np.ndarray]:

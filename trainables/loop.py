@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from trainables.augment import AugmentConfig, Augmenter, mix_batch
-from trainables.data import DataSplits, load_data
+from trainables.data import DataSplits, load_recipe_data
 from trainables.models import apply_freeze, build_model, param_groups
 from trainables.optim import LRSchedule, build_optimizer, effective_lr
 from trainables.recipe import Recipe
@@ -288,9 +288,7 @@ def train(recipe: Recipe, data: DataSplits | None = None,
     ``resume`` is a checkpoint dict from ``Trainer.state_dict`` (continues where it stopped).
     """
     if data is None:
-        data = load_data(recipe.dataset, data_dir=recipe.data_dir, download=recipe.download,
-                         val_fraction=recipe.val_fraction, image_size=recipe.image_size,
-                         split_seed=recipe.split_seed)
+        data = load_recipe_data(recipe)
     trainer = Trainer(recipe, data, resolve_device(device))
     if resume is not None:
         trainer.load_state_dict(resume)

@@ -84,12 +84,10 @@ def _run_all(jobs: list[tuple[str, int, Recipe]], recipe: Recipe, cpus: float, g
     """Train every (strategy, seed) job as a Ray task, all submitted at once."""
     import ray
 
-    from trainables.data import load_data
+    from trainables.data import load_recipe_data
     from tuner.runner import ray_session
 
-    data = load_data(recipe.dataset, data_dir=recipe.data_dir, download=recipe.download,
-                     val_fraction=recipe.val_fraction, image_size=recipe.image_size,
-                     split_seed=recipe.split_seed)
+    data = load_recipe_data(recipe)
     rows = []
     with ray_session(address):
         task = ray.remote(_train_task).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)

@@ -115,10 +115,10 @@ def _cmd_results(args: argparse.Namespace) -> int:
     df, summary = load_results(args.path)
     metric, mode = summary["metric"], summary["mode"]
     top = df.sort_values(metric, ascending=mode == "min").head(args.top)
-    tuned = [c for c in df.columns if c in (summary.get("tuned") or df.columns)
-             and df[c].nunique(dropna=True) > 1 and c not in ("trial_id", "error")]
-    cols = ["trial_id", "status", "epochs_run", metric, "test_acc",
-            *[c for c in tuned if c not in ("status", "epochs_run", metric, "test_acc")]]
+    from trainables.recipe import KNOBS
+
+    tuned = [c for c in df.columns if c in KNOBS and df[c].nunique(dropna=True) > 1]
+    cols = ["trial_id", "status", "epochs_run", metric, "test_acc", *tuned]
     import pandas as pd
 
     with pd.option_context("display.max_columns", 30, "display.width", 200):

@@ -23,7 +23,7 @@ from trainables.errors import ConfigError
 from tuner import plots
 from tuner.api import RunSettings
 from tuner.importance import Importance, knob_importance
-from tuner.results import BEST_RECIPE, RESULTS_CSV, load_results
+from tuner.results import BEST_RECIPE, load_results
 
 REPORT_DIR, ABLATION_CSV = "report", "ablation.csv"
 
@@ -72,9 +72,7 @@ def load_experiment(path: str | Path) -> Experiment:
     if not p.is_dir():
         raise ConfigError("no such experiment folder", where=str(p))
     settings = RunSettings.load(p)
-    _, summary = load_results(p)  # checks both files are there and readable
-    # read again keeping ids as text: an all-digit id such as "01234567" must stay one
-    trials = pd.read_csv(p / RESULTS_CSV, dtype={"trial_id": str})
+    trials, summary = load_results(p)  # trial ids stay text ("01234567" keeps its zero)
     space = SearchSpace.from_dict(settings.space)
     tuned = [k for k in space.tuned if k in trials.columns]
     log_knobs = {k for k, d in space.tuned.items() if isinstance(d, LogUniform)}

@@ -18,7 +18,7 @@ from ray import tune
 from ray.tune import CheckpointConfig, CLIReporter, FailureConfig, RunConfig, TuneConfig, Tuner
 
 from search_spaces import Grid, SearchSpace, pbt_mutations
-from trainables.data import DataSplits, load_data
+from trainables.data import DataSplits, load_recipe_data
 from trainables.errors import ConfigError
 from trainables.trainable import TrialOptions, run_trial
 from tuner.schedulers import SchedulerOptions, build_scheduler
@@ -35,10 +35,7 @@ def load_run_data(space: SearchSpace) -> DataSplits:
     """The run's dataset, loaded on the driver before Ray starts (missing data fails fast)."""
     from tuner.api import data_recipe
 
-    r = data_recipe(space)
-    return load_data(r.dataset, data_dir=r.data_dir, download=r.download,
-                     val_fraction=r.val_fraction, image_size=r.image_size,
-                     split_seed=r.split_seed)
+    return load_recipe_data(data_recipe(space))
 
 
 @contextlib.contextmanager
