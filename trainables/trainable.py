@@ -92,10 +92,13 @@ def run_trial(config: dict[str, Any], data: DataSplits | None = None,
             resume = load_checkpoint(Path(d) / CHECKPOINT_FILE)
 
     last = {"at": time.monotonic(), "cost": 0.0}  # the last checkpoint: when, seconds to save
+    # the epoch of the checkpoint this process started from (0: from scratch); Ray can drop
+    # result.json rows of a killed worker, so this, not the rows, tells where a retry resumed
+    resumed_from = int(resume["epoch"]) if resume is not None else 0
 
     def report(metrics: dict[str, Any], state_fn: Any) -> None:
         metrics = {**metrics, "device": str(device), "gpu_ids": gpu_ids, "pid": os.getpid(),
-                   "node_id": node_id}
+                   "node_id": node_id, "resumed_from": resumed_from}
         due = metrics["epoch"] % options.checkpoint_every == 0 and (
             time.monotonic() - last["at"] >= last["cost"] / options.checkpoint_budget)
         if not due and "stop_reason" not in metrics:
