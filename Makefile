@@ -22,8 +22,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 # The CPU benchmarks (benchmarks/*.py), one JSON line each, also collected in $(BENCH_OUT);
-# 12 minutes on 2 quiet cores (20 when other work loads them; see BENCHMARKS.md). Optuna is a
-# benchmark-only dependency. gpu_throughput needs CUDA: run it by hand on a GPU machine.
+# 12 minutes on 2 quiet cores (20 when other work loads them; see BENCHMARKS.md). Optuna (the
+# `optuna` extra, also in `dev`) is the baseline of two. gpu_throughput needs CUDA: run it by hand.
 BENCH_OUT ?= runs/bench-cpu.jsonl
 BENCH_CPU  = trial_overhead augment search_efficiency concurrency short_trials
 

@@ -134,27 +134,6 @@ def ray_local(num_cpus: int = 2) -> Iterator[float]:
         ray.shutdown()
 
 
-def optuna_config(trial: Any, space: Any) -> dict[str, Any]:
-    """A flat Recipe config from an Optuna trial over a project SearchSpace (define-by-run, so
-    conditional knobs are suggested only when their parent takes one of their values)."""
-    from search_spaces import Choice, Grid, LogUniform, QRandInt, RandInt, Uniform
-
-    def pick(knob: str, dist: Any) -> Any:
-        if isinstance(dist, (Choice, Grid)):
-            return trial.suggest_categorical(knob, list(dist.values))
-        if isinstance(dist, LogUniform):
-            return trial.suggest_float(knob, dist.low, dist.high, log=True)
-        if isinstance(dist, Uniform):
-            return trial.suggest_float(knob, dist.low, dist.high)
-        if isinstance(dist, QRandInt):
-            return trial.suggest_int(knob, dist.low, dist.high, step=dist.q)
-        if isinstance(dist, RandInt):
-            return trial.suggest_int(knob, dist.low, dist.high)
-        raise TypeError(f"no Optuna equivalent for {type(dist).__name__}")
-
-    return space.resolve(pick)
-
-
 def quiet_optuna() -> Any:
     import optuna
 

@@ -37,7 +37,6 @@ import torch
 from _common import (
     emit,
     mean,
-    optuna_config,
     parse_fixed,
     quiet_optuna,
     ray_local,
@@ -97,6 +96,7 @@ def run_tuner(args: argparse.Namespace, method: str, seed: int, tmp: str) -> dic
 
 def run_optuna(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     """TPE + successive halving in this process; two trials at a time in threads."""
+    from search_spaces import to_optuna_space
     from trainables.data import load_data
     from trainables.loop import train
     from trainables.recipe import Recipe
@@ -111,8 +111,10 @@ def run_optuna(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     data = load_data(fixed.get("dataset", "digits"), image_size=fixed.get("image_size", 32))
     epochs_run: list[int] = []
 
+    suggest = to_optuna_space(space)  # define-by-run: conditional knobs only when active
+
     def objective(trial: Any) -> float:
-        recipe = Recipe.from_dict(optuna_config(trial, space))
+        recipe = Recipe.from_dict(suggest(trial))
         count = [0]
 
         def report(metrics: dict[str, Any], state_fn: Any) -> None:

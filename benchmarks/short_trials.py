@@ -28,7 +28,6 @@ import torch
 from _common import (
     Timer,
     emit,
-    optuna_config,
     quiet_optuna,
     ray_local,
     stdout_to_stderr,
@@ -62,7 +61,7 @@ def space_dict(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_optuna(args: argparse.Namespace) -> dict[str, Any]:
     """Optuna TPE in this process, 2 threads, one epoch per trial."""
-    from search_spaces import SearchSpace
+    from search_spaces import SearchSpace, to_optuna_space
     from trainables.data import load_data
     from trainables.loop import train
     from trainables.recipe import Recipe
@@ -73,8 +72,10 @@ def run_optuna(args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     data = load_data("digits", image_size=args.image_size)
 
+    suggest = to_optuna_space(space)  # define-by-run: conditional knobs only when active
+
     def objective(trial: Any) -> float:
-        result = train(Recipe.from_dict(optuna_config(trial, space)), data, "cpu")
+        result = train(Recipe.from_dict(suggest(trial)), data, "cpu")
         return result.final["val_acc"]
 
     sampler = optuna.samplers.TPESampler(seed=0, n_startup_trials=max(4, args.trials // 4))

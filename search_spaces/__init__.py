@@ -11,8 +11,8 @@ A space is plain data: a dict (or YAML file) of knob -> fixed value or distribut
         "step_size": randint(2, 8, when={"lr_schedule": "step"}),
     })
 
-It is validated against the Recipe's knob catalog when built, and converted to Ray Tune or
-hyperopt objects only in ``search_spaces.convert``.
+It is validated against the Recipe's knob catalog when built, and converted to Ray Tune, hyperopt
+or Optuna objects only in ``search_spaces.convert``.
 """
 
 from search_spaces.convert import (
@@ -20,6 +20,7 @@ from search_spaces.convert import (
     merge_fixed,
     pbt_mutations,
     to_hyperopt_space,
+    to_optuna_space,
     to_tune_param_space,
 )
 from search_spaces.distributions import (
@@ -44,5 +45,5 @@ __all__ = [
     "Choice", "Distribution", "Grid", "LogUniform", "QRandInt", "RandInt", "SearchSpace",
     "Uniform", "active_knobs", "choice", "flatten_config", "grid", "list_presets", "load_space",
     "loguniform", "merge_fixed", "pbt_mutations", "preset_path", "qrandint", "randint", "sample",
-    "to_hyperopt_space", "to_tune_param_space", "uniform",
+    "to_hyperopt_space", "to_optuna_space", "to_tune_param_space", "uniform",
 ]

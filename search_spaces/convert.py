@@ -1,6 +1,7 @@
-"""The one converter from a SearchSpace to Ray Tune and hyperopt objects, and back to flat configs.
+"""The one converter from a SearchSpace to Ray Tune, hyperopt and Optuna objects, and back to flat
+configs.
 
-Two targets, because they represent conditional knobs differently:
+Three targets, because they represent conditional knobs differently:
 
 - ``to_tune_param_space`` for Ray Tune's BasicVariantGenerator (grid and random search). Each
   conditional knob becomes ``tune.sample_from(ConditionalSample(...))``: Ray resolves grid values
@@ -16,8 +17,11 @@ Two targets, because they represent conditional knobs differently:
   turns them flat. Fixed knobs are NOT in the hyperopt space (hyperopt cannot hold constants):
   give them to the Tuner as ``param_space=space.fixed`` (Ray merges the searcher's suggestion
   over it) or add them with ``merge_fixed``.
+- ``to_optuna_space`` for Optuna (Ray's ``OptunaSearch(space=...)``): a define-by-run function
+  that suggests each tuned knob, under its own name, only when its parent took one of its
+  values, and returns the flat config with the fixed knobs.
 
-Both reproduce ``space.sample``'s semantics: same values, same ranges (integer ends inclusive),
+All three reproduce ``space.sample``'s semantics: same values, same ranges (integer ends inclusive),
 same active knobs.
 """
 
@@ -43,8 +47,8 @@ from search_spaces.distributions import (
 from search_spaces.space import SearchSpace, _plain
 from trainables.errors import ConfigError
 
-__all__ = ["ConditionalSample", "flatten_config", "merge_fixed", "pbt_mutations",
-           "to_hyperopt_space", "to_tune_param_space"]
+__all__ = ["ConditionalSample", "OptunaSpace", "flatten_config", "merge_fixed", "pbt_mutations",
+           "to_hyperopt_space", "to_optuna_space", "to_tune_param_space"]
 
 # hyperopt's quniform rounds uniform(low, high) / q; widening by just under half a step gives
 # every integer the same mass and never rounds outside [low, high]
@@ -225,6 +229,41 @@ def _hp_leaf(dist: Distribution, label: str) -> Any:
         return scope.int(hp.quniform(label, dist.low - _HALF_STEP * q,
                                      dist.high + _HALF_STEP * q, q))
     raise AssertionError(f"no hyperopt expression for {dist!r}")
+
+
+# -- Optuna -------------------------------------------------------------------------------------
+def to_optuna_space(space: SearchSpace) -> OptunaSpace:
+    """A define-by-run function for Optuna: ``to_optuna_space(space)(trial)`` is a flat config."""
+    if any(isinstance(d, Grid) for d in space.tuned.values()):
+        raise ConfigError("searcher 'optuna': grid values need --searcher grid (or use choice)")
+    return OptunaSpace(space)
+
+
+class OptunaSpace:
+    """Suggests every active tuned knob of ``space`` on an Optuna trial (``suggest_categorical``,
+    ``suggest_float`` with ``log`` for loguniform, ``suggest_int`` with ``step`` for qrandint;
+    integer ends inclusive) and returns the flat config, fixed knobs included. One name per knob:
+    a knob has one distribution, active under its parent's listed values. A picklable class, so
+    Ray can save the searcher with the experiment and resume it."""
+
+    def __init__(self, space: SearchSpace) -> None:
+        self.space = space
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        return self.space.resolve(lambda knob, dist: _optuna_suggest(trial, knob, dist))
+
+
+def _optuna_suggest(trial: Any, knob: str, dist: Distribution) -> Any:
+    kind = type(dist)
+    if kind is Choice:
+        return trial.suggest_categorical(knob, list(dist.values))
+    if kind is Uniform:
+        return trial.suggest_float(knob, dist.low, dist.high)
+    if kind is LogUniform:
+        return trial.suggest_float(knob, dist.low, dist.high, log=True)
+    if kind in (RandInt, QRandInt):
+        return trial.suggest_int(knob, dist.low, dist.high, step=getattr(dist, "q", 1))
+    raise AssertionError(f"no Optuna suggestion for {dist!r}")
 
 
 # -- back to flat Recipe configs ----------------------------------------------------------------

@@ -183,11 +183,13 @@ def test_killed_trial_workers_resume_from_their_checkpoints(ray_local, tmp_path)
 
 # -- killed driver ---------------------------------------------------------------------------
 @pytest.mark.ray
-def test_killed_driver_resumes_with_tpe_history(tmp_path):
+@pytest.mark.parametrize("searcher", ["tpe", "optuna"])
+def test_killed_driver_resumes_with_searcher_history(tmp_path, searcher):
     exp = tmp_path / "exp"
     run = subprocess.Popen(
         [*CLI, "run", "--storage", str(tmp_path), "--name", "exp", "--num-samples", "6",
-         "--max-epochs", "3", "--scheduler", "fifo", "--set", "width=8", "--verbose", "0"],
+         "--max-epochs", "3", "--searcher", searcher, "--scheduler", "fifo", "--set", "width=8",
+         "--verbose", "0"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 240
     done: dict[str, list] = {}
@@ -208,9 +210,11 @@ def test_killed_driver_resumes_with_tpe_history(tmp_path):
     assert len(df) == 6 and df["trial_id"].is_unique and (df["status"] == "completed").all()
     for name, rows in done.items():  # finished before the kill: kept, not rerun
         assert _epochs(exp / name) == rows
-    searcher = sorted(exp.glob("searcher-state-*.pkl"))[-1]
-    with open(searcher, "rb") as f:
+    state_file = sorted(exp.glob("searcher-state-*.pkl"))[-1]
+    with open(state_file, "rb") as f:
         state = cloudpickle.load(f)
-    hyperopt_trials = state["_hpopt_trials"] if isinstance(state, dict) else \
-        state.searcher._hpopt_trials
-    assert len(hyperopt_trials.trials) == 6  # one history: no fresh random search after resume
+    if not isinstance(state, dict):
+        state = vars(state.searcher)
+    history = state["_hpopt_trials"].trials if searcher == "tpe" else \
+        state["_ot_study"].get_trials(deepcopy=False)
+    assert len(history) == 6  # one history: no fresh random search after resume

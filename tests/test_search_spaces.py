@@ -1,4 +1,5 @@
-"""Search spaces: validation, YAML, presets, sampling, and conversion to real Ray Tune / hyperopt.
+"""Search spaces: validation, YAML, presets, sampling, and conversion to real Ray Tune / hyperopt /
+Optuna.
 
 No Ray cluster: Ray's own variant generator (what BasicVariantGenerator runs) and hyperopt's
 stochastic sampler and TPE are called directly.
@@ -14,6 +15,7 @@ import warnings
 
 import hyperopt
 import numpy as np
+import optuna
 import pytest
 import yaml
 from hyperopt.pyll.stochastic import sample as hp_sample
@@ -35,6 +37,7 @@ from search_spaces import (
     randint,
     sample,
     to_hyperopt_space,
+    to_optuna_space,
     to_tune_param_space,
     uniform,
 )
@@ -418,6 +421,48 @@ def test_ray_hyperopt_search_suggestions_merge_with_fixed_values():
         assert ("step_size" in flatten_config(config)) == (recipe.lr_schedule == "step")
         searcher.on_trial_complete(str(i), {"val_acc": recipe.lr})
     assert len(schedules) > 1
+
+
+# -- Optuna --------------------------------------------------------------------------------------
+def test_optuna_define_by_run_honours_conditionals_and_builds_recipes():
+    space = SearchSpace({k: v for k, v in SCHEDULE_SPACE.items() if k != "batch_size"})
+    define_by_run = to_optuna_space(space)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = collections.defaultdict(set)
+    for _ in range(200):
+        trial = study.ask()
+        flat = define_by_run(trial)
+        assert set(trial.params) == set(flat) - set(space.fixed)  # a suggestion per active knob
+        assert ("step_size" in flat) == (flat["lr_schedule"] == "step")
+        assert ("gamma" in flat) == (flat["lr_schedule"] in ("step", "exponential"))
+        assert 1e-3 <= flat["lr"] <= 1.0 and 0.1 <= flat.get("gamma", 0.1) <= 0.5
+        for k, v in flat.items():
+            seen[k].add(v)
+        build_recipe(flat)
+        study.tell(trial, flat["lr"])
+    assert seen["step_size"] == {2, 3, 4} and seen["width"] == {16, 32, 48}  # ends inclusive
+    assert seen["dataset"] == {"digits"}
+
+
+def test_optuna_tpe_suggestions_build_valid_recipes_and_pickle():
+    space = load_space("strategies")
+    define_by_run = pickle.loads(pickle.dumps(to_optuna_space(space)))  # Ray saves the searcher
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize",
+                                sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=4))
+    schedules = set()
+    for _ in range(12):
+        trial = study.ask()
+        recipe = build_recipe(define_by_run(trial))
+        schedules.add(recipe.lr_schedule)
+        study.tell(trial, recipe.lr)
+    assert len(schedules) > 1
+
+
+def test_optuna_refuses_grid_values():
+    with pytest.raises(ConfigError, match="searcher 'optuna': grid values need --searcher grid"):
+        to_optuna_space(SearchSpace({"lr": grid([0.1, 0.2])}))
 
 
 def test_flatten_config():

@@ -2,6 +2,7 @@
 
 import itertools
 import math
+import sys
 
 import pandas as pd
 import pytest
@@ -37,12 +38,14 @@ def test_grid_search_runs_exactly_the_grid(ray_local, tmp_path):
     assert len(written) == 4 and {"status", "epochs_run", "val_acc", "lr"} <= set(written)
 
 
-def test_tpe_honours_conditionals_and_configs_are_flat(ray_local, tmp_path):
+@pytest.mark.parametrize("searcher", ["tpe", "optuna"])
+def test_tpe_honours_conditionals_and_configs_are_flat(ray_local, tmp_path, searcher):
     space = {**TINY, "lr": loguniform(0.01, 0.3),
              "lr_schedule": choice(["step", "cosine"]),
              "step_size": randint(1, 3, when={"lr_schedule": "step"}),
              "gamma": uniform(0.2, 0.8, when={"lr_schedule": "step"})}
-    res = _tune(tmp_path, space, searcher="tpe", scheduler="fifo", num_samples=6, max_epochs=1)
+    res = _tune(tmp_path, space, searcher=searcher, scheduler="fifo", num_samples=6,
+                max_epochs=1)
     df = res.dataframe
     assert len(df) == 6 and set(df["lr_schedule"]) <= {"step", "cosine"}
     for _, row in df.iterrows():
@@ -154,12 +157,21 @@ def test_existing_experiment_is_not_overwritten(ray_local, tmp_path):
 def test_unknown_searcher_and_scheduler_list_valid_names():
     from search_spaces import SearchSpace
 
-    with pytest.raises(ConfigError, match="valid: grid, random, tpe"):
+    with pytest.raises(ConfigError, match="valid: grid, random, tpe, optuna"):
         build_search("bayes", SearchSpace({"lr": 0.1}), seed=0, num_samples=1)
     with pytest.raises(ConfigError, match="valid: fifo, asha, hyperband, median, pbt"):
         build_scheduler("sha", 10)
     with pytest.raises(ConfigError, match="grace-period"):
         build_scheduler("asha", 10, SchedulerOptions(grace_period=20))
+
+
+def test_optuna_searcher_without_optuna_says_how_to_install(monkeypatch):
+    from search_spaces import SearchSpace
+
+    monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` raises ImportError
+    with pytest.raises(ConfigError, match=r"searcher 'optuna' needs Optuna .*cnn-tuner\[optuna\]"):
+        build_search("optuna", SearchSpace({"lr": loguniform(0.01, 0.1)}), seed=0,
+                     num_samples=4)
 
 
 @pytest.mark.parametrize("scheduler", ["hyperband", "median"])

@@ -129,7 +129,7 @@ def _check_resources(space: SearchSpace, settings: RunSettings) -> None:
                           f"{settings.max_failures}")
     if not 0 <= settings.seed < 2**32:
         raise ConfigError(f"--seed: must be in [0, 2**32), got {settings.seed}")
-    if settings.scheduler == "pbt" and settings.searcher == "tpe":
+    if settings.scheduler == "pbt" and settings.searcher in ("tpe", "optuna"):
         raise ConfigError("--scheduler pbt: PBT explores by mutating configs itself; use "
                           "--searcher random (or grid)")
     if settings.gpus_per_trial == 0 and "fp16" in possible_values(space, "precision"):

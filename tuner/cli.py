@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", default="quick", help="preset name or YAML file (default: quick)")
     p.add_argument("--dataset", help="fix the dataset knob")
     p.add_argument("--data-dir", help="fix the data_dir knob")
-    p.add_argument("--searcher", default="tpe", help="grid | random | tpe (default: tpe)")
+    p.add_argument("--searcher", default="tpe", help="grid | random | tpe | optuna (default: tpe)")
     p.add_argument("--scheduler", default="asha",
                    help="fifo | asha | hyperband | median | pbt (default: asha)")
     p.add_argument("--num-samples", type=int, default=16, help="trials to run (default: 16)")

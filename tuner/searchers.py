@@ -1,14 +1,20 @@
-"""Searchers by name: grid, random, tpe (hyperopt), each returning flat Recipe configs.
+"""Searchers by name: grid, random, tpe (hyperopt), optuna (when installed), each returning flat
+Recipe configs.
 
 * ``grid`` and ``random`` use Ray Tune's BasicVariantGenerator over the converted param space
   (inactive conditional knobs come back as None, which the trainable drops).
 * ``tpe`` uses Ray's HyperOptSearch over a native hyperopt space with nested choices, so TPE
   learns the conditional structure; its nested suggestions are flattened to Recipe knobs here,
   so every searcher hands trials the same flat config.
+* ``optuna`` uses Ray's OptunaSearch over a define-by-run function (conditional knobs suggested
+  only when active) with Optuna's TPE sampler: multivariate over the knobs that occur together,
+  and a constant liar so concurrent trials are not all suggested the same point. Optuna is an
+  optional dependency (``pip install 'cnn-tuner[optuna]'``).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +22,14 @@ from typing import Any
 from ray.tune.search import BasicVariantGenerator, Searcher
 from ray.tune.search.hyperopt import HyperOptSearch
 
-from search_spaces import Grid, SearchSpace, flatten_config, to_hyperopt_space, to_tune_param_space
+from search_spaces import (
+    Grid,
+    SearchSpace,
+    flatten_config,
+    to_hyperopt_space,
+    to_optuna_space,
+    to_tune_param_space,
+)
 from trainables.errors import ConfigError
 
 
@@ -56,25 +69,50 @@ def _tpe(space: SearchSpace, seed: int, num_samples: int, metric: str, mode: str
         raise ConfigError("searcher 'tpe': grid values need --searcher grid (or use choice)")
     if not space.tuned:  # nothing to learn: every trial is the same fixed recipe
         return _variants(space, seed, num_samples, metric, mode, max_concurrent)
-    # A quarter of the budget as random start-up points (hyperopt's default is 20, too many
-    # for small budgets), at least 4 so TPE's density estimates have something to fit.
-    n_initial = max(4, num_samples // 4)
     alg = FlatHyperOptSearch(space=to_hyperopt_space(space), fixed=space.fixed, metric=metric,
-                             mode=mode, n_initial_points=n_initial, random_state_seed=seed)
+                             mode=mode, n_initial_points=_startup_points(num_samples),
+                             random_state_seed=seed)
     # Without an explicit limit Ray keeps one pending trial for a non-random searcher, so short
     # trials would run one at a time: allow as many as the cluster has trial slots.
     return SearchPlan(alg, {}, max_concurrent_trials=max_concurrent)
 
 
+def _startup_points(num_samples: int) -> int:
+    """A quarter of the budget as random start-up points (hyperopt's default is 20, Optuna's 10:
+    too many for small budgets), at least 4 so TPE's density estimates have something to fit."""
+    return max(4, num_samples // 4)
+
+
+def _optuna(space: SearchSpace, seed: int, num_samples: int, metric: str, mode: str,
+            max_concurrent: int) -> SearchPlan:
+    define_by_run = to_optuna_space(space)  # refuses grid values before the import
+    try:
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+    except ImportError as err:
+        raise ConfigError(f"searcher 'optuna' needs Optuna ({err}); install it with pip install "
+                          "'cnn-tuner[optuna]', or use --searcher tpe") from None
+    if not space.tuned:
+        return _variants(space, seed, num_samples, metric, mode, max_concurrent)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per trial
+    with warnings.catch_warnings():  # multivariate/group/constant_liar: "experimental" in 3.x
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=_startup_points(num_samples), multivariate=True,
+            group=True, constant_liar=True)
+    alg = OptunaSearch(space=define_by_run, metric=metric, mode=mode, sampler=sampler)
+    return SearchPlan(alg, {}, max_concurrent_trials=max_concurrent)
+
+
 SEARCHERS: dict[str, Callable[[SearchSpace, int, int, str, str, int], SearchPlan]] = {
-    "grid": _variants, "random": _variants, "tpe": _tpe,
+    "grid": _variants, "random": _variants, "tpe": _tpe, "optuna": _optuna,
 }
 
 
 def build_search(name: str, space: SearchSpace, *, seed: int, num_samples: int,
                  metric: str = "val_acc", mode: str = "max", max_concurrent: int = 0) -> SearchPlan:
-    """``max_concurrent``: trials at once (0: as many as Ray can place)."""
-    """The search plan for searcher ``name``; unknown names list the valid ones."""
+    """The search plan for searcher ``name``; unknown names list the valid ones.
+    ``max_concurrent``: trials at once (0: as many as Ray can place)."""
     if name not in SEARCHERS:
         raise ConfigError(f"--searcher: unknown searcher {name!r}; valid: {', '.join(SEARCHERS)}")
     sampled = [k for k, d in space.tuned.items() if not isinstance(d, Grid)]
