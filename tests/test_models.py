@@ -194,6 +194,38 @@ def test_missing_cache_file_names_the_path(hub: Path) -> None:
     assert str(hub / "resnet18-f37072fd.pth") in str(err.value)
 
 
+def test_concurrent_downloads_fetch_the_weights_once(hub: Path, monkeypatch) -> None:
+    """Trials starting together on one node: one fetches (here a stand-in for the network that
+    writes the file as torch hub does), the others wait on the file lock and read its file."""
+    import threading
+    import time
+
+    import torchvision
+
+    from trainables.models import _hub_state_dict
+
+    weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    reference = {"w": torch.arange(6.0)}
+    fetches = []
+
+    def fetch(url, **kwargs):
+        fetches.append(url)
+        time.sleep(0.5)  # long enough for the other threads to arrive
+        torch.save(reference, hub / "resnet18-f37072fd.pth")
+        return reference
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fetch)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(_hub_state_dict(weights, True)))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert fetches == [weights.url]
+    assert len(got) == 3 and all(torch.equal(g["w"], reference["w"]) for g in got)
+
+
 # -- project checkpoints --------------------------------------------------------------------
 def test_checkpoint_loads_with_other_num_classes_and_channels(tmp_path: Path) -> None:
     source = small("simple_cnn")

@@ -125,9 +125,17 @@ def _hub_state_dict(weights: Any, download: bool) -> dict[str, torch.Tensor]:
         raise ConfigError(f"knob 'pretrained': {weights} is not in torch hub's cache at {path}; "
                           f"`download: true` fetches it from {weights.url} (no network by "
                           "default), or copy the file there")
+    from filelock import FileLock
+
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return torch.hub.load_state_dict_from_url(weights.url, map_location="cpu", progress=False,
-                                                  check_hash=True, weights_only=True)
+        # trials starting together on one node fetch the file once: the others wait, then read it
+        with FileLock(str(path.with_name(f".{path.name}.lock"))):
+            if path.is_file():
+                return read_tensors(path)
+            return torch.hub.load_state_dict_from_url(
+                weights.url, map_location="cpu", progress=False, check_hash=True,
+                weights_only=True)
     except (OSError, RuntimeError) as e:
         raise ConfigError(f"knob 'pretrained': could not download {weights.url} to {path} "
                           f"({type(e).__name__}: {e})") from None
