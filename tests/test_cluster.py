@@ -517,10 +517,13 @@ def test_worker_node_failure_loses_no_trial(two_nodes, tmp_path):
     after = rows[len(before):]
     assert before and after and all(r["node_id"] == two_nodes.head for r in after), rows
     assert before[-1]["epoch"] >= killed_after
-    # retried on the head from the checkpoint of its last epoch on the worker (every epoch
-    # checkpoints), not restarted from epoch 1; every epoch reported once
-    assert after[0]["epoch"] == before[-1]["epoch"] + 1
-    assert [r["epoch"] for r in rows] == list(range(1, epochs + 1))
+    # retried on the head from the newest checkpoint the driver had recorded from the worker
+    # (rows name their checkpoint; the 5% checkpoint-time budget can skip some epochs' saves),
+    # not restarted from epoch 1, and trained on from there to the end
+    recorded = max(r["epoch"] for r in before if r.get("checkpoint_dir_name"))
+    assert after[0]["resumed_from"] >= recorded >= 1, (recorded, after[0])
+    assert [r["epoch"] for r in after] == list(range(after[0]["resumed_from"] + 1, epochs + 1))
+    assert [r["epoch"] for r in before] == list(range(1, len(before) + 1))
     assert "stop_reason" in after[-1]
 
 
