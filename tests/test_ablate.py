@@ -11,6 +11,7 @@ import io
 import math
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -100,7 +101,7 @@ def test_ablate_on_digits_prints_its_table_and_the_report_shows_it(lr_experiment
     assert (trained["ci_low"] <= trained["delta_mean"]).all()
     assert (trained["delta_mean"] <= trained["ci_high"]).all()
 
-    html = write_report(exp).read_text()
+    html = Path(write_report(exp)).read_text()
     section = re.search(r'<table[^>]*id="ablation">(.*?)</table>', html, re.S)
     assert section and len(re.findall(r"<tr", section.group(1))) == 1 + 7  # header + rows
     assert "already off" in section.group(1)

@@ -486,6 +486,27 @@ def test_s3_storage_through_a_local_s3_server(two_nodes, s3_endpoint, tmp_path):
                          env=two_nodes.driver_env(), capture_output=True, text=True, timeout=60)
     assert top.returncode == 0 and top.stdout.count("completed") == 2, top.stderr[-2000:]
 
+    # the report reads the experiment from S3 (not its checkpoints) and writes itself beside it
+    report = subprocess.run([*CLI, "report", f"{storage}/s3exp"], env=two_nodes.driver_env(),
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert f"wrote {storage}/s3exp/report/index.html" in report.stdout
+    with fs.open_input_stream(f"{BUCKET}/results/s3exp/report/index.html") as f:
+        page = f.read().decode()
+    assert f"{storage}/s3exp" in page and "s3exp</h1>" in page
+    assert f"cnn-tuner results {storage}/s3exp --export-best best_recipe.yaml" in page
+    assert len(set(re.findall(r'id="trial-([^"]+)"', page))) == 2  # a curve per trial
+    with fs.open_input_stream(f"{BUCKET}/results/s3exp/report/learning_curves.png") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.rglob("index.html"))  # written to S3 only
+
+    # resuming a finished experiment on S3 restores Ray's state from there and changes nothing
+    resumed = subprocess.run([*CLI, "resume", f"{storage}/s3exp", "--address",
+                              two_nodes.address, "--verbose", "0"], env=two_nodes.driver_env(),
+                             capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "2 trials: 2 completed" in resumed.stdout
+
 
 @pytest.mark.ray
 def test_worker_node_failure_loses_no_trial(two_nodes, tmp_path):

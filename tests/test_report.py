@@ -227,7 +227,7 @@ def test_report_on_a_run_with_an_errored_trial_and_few_trials(lr_experiment, tmp
         "errored", "error", np.nan, 0]
     trials.to_csv(exp / "results.csv", index=False)
     (exp / f"trial_{gone}" / "result.json").unlink()
-    index = write_report(exp)
+    index = Path(write_report(exp))
     assert index == exp / "report" / "index.html"
     dom = Dom(index.read_text())
     assert len(dom.ids("trial-")) == 4  # the errored trial has no epoch to draw
@@ -242,6 +242,30 @@ def test_report_refuses_a_folder_that_is_not_an_experiment(tmp_path, capsys):
     assert err.count("\n") == 0 and "not a cnn-tuner experiment folder" in err
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "no such experiment folder" in capsys.readouterr().err
+
+
+@pytest.mark.ray
+def test_report_on_an_experiment_behind_a_uri(lr_experiment, tmp_path):
+    """A URI goes through pyarrow (file:// here; s3:// in test_cluster): the experiment is
+    read without its checkpoints and the report written back beside it, or into --out."""
+    exp = tmp_path / "exp"
+    shutil.copytree(lr_experiment, exp, ignore=shutil.ignore_patterns("report"))
+    uri = f"file://{exp}"
+    assert write_report(uri) == f"{uri}/report/index.html"
+    page = (exp / "report" / "index.html").read_text()
+    assert uri in page and "exp</h1>" in page
+    assert f"cnn-tuner results {uri} --export-best best_recipe.yaml" in page
+    trials = pd.read_csv(exp / "results.csv", dtype={"trial_id": str})
+    assert sorted(Dom(page).ids("trial-")) == sorted(trials["trial_id"])
+    assert (exp / "report" / "learning_curves.png").stat().st_size > 1000
+    out = tmp_path / "local"
+    assert write_report(uri, out) == str(out / "index.html") and (out / "space.yaml").is_file()
+
+
+def test_report_on_a_missing_uri_is_one_line(tmp_path, capsys):
+    assert main(["report", f"file://{tmp_path}/nothing-here"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no such experiment folder" in err and "nothing-here" in err
 
 
 def test_chromium_harness_catches_javascript_errors(tmp_path):

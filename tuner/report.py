@@ -4,6 +4,8 @@ Reads what ``cnn-tuner run`` wrote (``cnn_tuner_run.json``, ``results.csv``, ``s
 ``best_recipe.yaml``, each trial's ``result.json`` with a line per epoch, and ``ablation.csv``
 when ``cnn-tuner ablate`` wrote one there) and writes ``report/index.html`` with every plot
 embedded (opens offline: no CDN, no external file) plus the same plots as PNGs beside it.
+An experiment on a URI (``s3://...``) is read through pyarrow (its checkpoints are not fetched)
+and the report is written back beside it, or into ``--out``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -20,7 +23,7 @@ import pandas as pd
 from search_spaces import SearchSpace
 from search_spaces.distributions import LogUniform
 from trainables.errors import ConfigError
-from tuner import plots
+from tuner import plots, storage
 from tuner.api import RunSettings
 from tuner.importance import Importance, knob_importance
 from tuner.results import BEST_RECIPE, load_results
@@ -39,6 +42,15 @@ class Experiment:
     curves: dict[str, pd.DataFrame]  # trial_id -> a row per epoch
     tuned: list[str]
     log_knobs: set[str]
+    source: str = ""  # where the experiment lives (a URI when `path` is a local mirror of it)
+
+    @property
+    def where(self) -> str:
+        return self.source or str(self.path)
+
+    @property
+    def name(self) -> str:
+        return self.where.rstrip("/").rsplit("/", 1)[-1]
 
 
 def _trial_dir(path: Path, trial_id: str) -> Path | None:
@@ -66,8 +78,9 @@ def read_curve(trial_dir: Path | None, metric: str) -> pd.DataFrame:
     return df.drop_duplicates("epoch", keep="last").sort_values("epoch").reset_index(drop=True)
 
 
-def load_experiment(path: str | Path) -> Experiment:
-    """An experiment folder written by `cnn-tuner run`, or ConfigError saying what is missing."""
+def load_experiment(path: str | Path, source: str = "") -> Experiment:
+    """An experiment folder written by `cnn-tuner run`, or ConfigError saying what is missing.
+    ``source``: the URI ``path`` was mirrored from, if any (shown in the report)."""
     p = Path(path).expanduser().absolute()
     if not p.is_dir():
         raise ConfigError("no such experiment folder", where=str(p))
@@ -77,7 +90,7 @@ def load_experiment(path: str | Path) -> Experiment:
     tuned = [k for k in space.tuned if k in trials.columns]
     log_knobs = {k for k, d in space.tuned.items() if isinstance(d, LogUniform)}
     curves = {t: read_curve(_trial_dir(p, t), settings.metric) for t in trials["trial_id"]}
-    return Experiment(p, settings, trials, summary, curves, tuned, log_knobs)
+    return Experiment(p, settings, trials, summary, curves, tuned, log_knobs, source)
 
 
 def epoch_events(curves: dict[str, pd.DataFrame], metric: str) -> pd.DataFrame:
@@ -213,14 +226,21 @@ def _best_html(exp: Experiment, space_file: Path) -> str:
     if not f.is_file():
         return '<p class="note">no trial produced a result, so there is no best recipe.</p>'
     s = exp.settings
-    run = (f"cnn-tuner run --space {space_file} --searcher {s.searcher} "
+    remote = storage.is_uri(exp.where)
+    run = (f"cnn-tuner run --space {space_file.name if remote else space_file} "
+           f"--searcher {s.searcher} "
            f"--scheduler {s.scheduler} --num-samples {s.num_samples} --seed {s.seed} "
            f"--cpus-per-trial {s.cpus_per_trial:g} --gpus-per-trial {s.gpus_per_trial:g}")
     retrain = f"cnn-tuner train --recipe {f} --out runs/best"
+    where_space = " (space.yaml is in this report's folder)" if remote else ""
+    if remote:  # the recipe file is on the remote storage: export it first
+        retrain = (f"cnn-tuner results {exp.where} --export-best {BEST_RECIPE}\n"
+                   f"cnn-tuner train --recipe {BEST_RECIPE} --out runs/best")
     return (f'<pre id="best-recipe">{html.escape(f.read_text())}</pre>'
             "<p>Retrain it (same seed and thread count on the CPU give the same metrics):</p>"
             f'<pre id="retrain">{html.escape(retrain)}</pre>'
-            f'<p>Rerun the whole search:</p><pre id="rerun">{html.escape(run)}</pre>')
+            f"<p>Rerun the whole search{where_space}:</p>"
+            f'<pre id="rerun">{html.escape(run)}</pre>')
 
 
 def _figures(exp: Experiment, imp: Importance, ablation: pd.DataFrame | None,
@@ -257,8 +277,8 @@ def render_html(exp: Experiment, imp: Importance, ablation: pd.DataFrame | None,
                  f"best trial {best}: val_acc {acc(s.get('best_val_acc'))}, "
                  f"test_acc {acc(s.get('best_test_acc'))}")
     sections = [
-        f"<h1>cnn-tuner report: {html.escape(exp.path.name)}</h1>",
-        f"<p>{html.escape(str(exp.path))} &middot; {st.searcher} search, {st.scheduler} "
+        f"<h1>cnn-tuner report: {html.escape(exp.name)}</h1>",
+        f"<p>{html.escape(exp.where)} &middot; {st.searcher} search, {st.scheduler} "
         f"scheduler, metric {st.metric} ({st.mode}) &middot; generated "
         f"{datetime.now():%Y-%m-%d %H:%M}</p><p><b>{html.escape(best_line)}</b></p>",
         f'<h2>Cost</h2><table id="cost">{cost}</table>',
@@ -275,15 +295,29 @@ def render_html(exp: Experiment, imp: Importance, ablation: pd.DataFrame | None,
         sections += ["<h2>Ablation</h2>", _ablation_html(exp, ablation, pngs)]
     sections += ["<h2>Best recipe</h2>", _best_html(exp, space_file)]
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>cnn-tuner '
-            f"report: {html.escape(exp.path.name)}</title><style>{_CSS}</style></head><body>\n"
+            f"report: {html.escape(exp.name)}</title><style>{_CSS}</style></head><body>\n"
             + "\n".join(sections) + f"\n<script>{_JS}</script>\n</body></html>\n")
 
 
-def write_report(path: str | Path, out: str | Path | None = None) -> Path:
-    """Write ``index.html`` and the PNGs into ``out`` (default ``PATH/report``); return the
-    HTML file's path."""
-    exp = load_experiment(path)
-    out_dir = Path(out) if out else exp.path / REPORT_DIR
+def write_report(path: str | Path, out: str | Path | None = None) -> str:
+    """Write ``index.html`` and the PNGs into ``out`` (default ``PATH/report``); return where
+    the HTML file is (a path, or a URI when the experiment is on one and ``out`` is not given)."""
+    if not storage.is_uri(str(path)):
+        exp = load_experiment(path)
+        return str(_write_report(exp, Path(out) if out else exp.path / REPORT_DIR))
+    with tempfile.TemporaryDirectory(prefix="cnn-tuner-report-") as tmp:
+        local = Path(tmp) / "experiment"
+        storage.mirror_experiment(str(path), local, skip_top=(REPORT_DIR,))
+        exp = load_experiment(local, source=str(path))
+        if out:
+            return str(_write_report(exp, Path(out)))
+        _write_report(exp, local / REPORT_DIR)
+        remote = storage.join(str(path), REPORT_DIR)
+        storage.upload_dir(local / REPORT_DIR, remote)
+        return storage.join(remote, "index.html")
+
+
+def _write_report(exp: Experiment, out_dir: Path) -> Path:
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError("--out: exists and is not a folder", where=str(out_dir))
     metric = exp.settings.metric

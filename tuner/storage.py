@@ -1,4 +1,4 @@
-"""Small text files of an experiment (settings, results, summary) on a path or a URI.
+"""Small files of an experiment (settings, results, summary, reports) on a path or a URI.
 
 Ray Tune writes its experiment folder through pyarrow's file systems, so ``--storage s3://...``
 works for trials; these helpers put cnn-tuner's own files beside Ray's the same way, with the
@@ -45,3 +45,37 @@ def read_text(path: str) -> str | None:
         return None
     with fs.open_input_stream(p) as f:
         return f.read().decode()
+
+
+def mirror_experiment(uri: str, local: Path, skip_top: tuple[str, ...] = ()) -> None:
+    """Copy an experiment's small files from ``uri`` into ``local``: everything except Ray's
+    checkpoint folders (``checkpoint_*``, the bulk of it) and the top-level entries named in
+    ``skip_top``. ConfigError when there is no such folder."""
+    fs, root = _resolve(uri)
+    root = root.rstrip("/")
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    except (FileNotFoundError, OSError) as e:
+        raise ConfigError(f"no such experiment folder ({e})", where=str(uri)) from None
+    copied = 0
+    for info in infos:
+        rel = info.path[len(root):].lstrip("/")
+        parts = rel.split("/")
+        if info.type != pafs.FileType.File or parts[0] in skip_top or any(
+                part.startswith("checkpoint_") for part in parts):
+            continue
+        dest = local.joinpath(*parts)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with fs.open_input_stream(info.path) as f:
+            dest.write_bytes(f.read())
+        copied += 1
+    if not copied:  # object stores have no folders: an unknown prefix lists nothing
+        raise ConfigError("no such experiment folder (nothing there)", where=str(uri))
+
+
+def upload_dir(local: Path, uri: str) -> None:
+    """Copy the folder ``local`` (recursively) to ``uri``."""
+    fs, root = _resolve(uri)
+    fs.create_dir(root, recursive=True)
+    pafs.copy_files(str(local), root, source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=fs)
