@@ -62,8 +62,8 @@ def mirror_experiment(uri: str, local: Path, skip_top: tuple[str, ...] = ()) -> 
         rel = info.path[len(root):].lstrip("/")
         parts = rel.split("/")
         if info.type != pafs.FileType.File or parts[0] in skip_top or any(
-                part.startswith("checkpoint_") for part in parts):
-            continue
+                part.startswith("checkpoint_") or part in ("", ".", "..") for part in parts):
+            continue  # (an object key with ".." parts must not write outside `local`)
         dest = local.joinpath(*parts)
         dest.parent.mkdir(parents=True, exist_ok=True)
         with fs.open_input_stream(info.path) as f:
