@@ -34,6 +34,16 @@ def _epochs(trial_dir: Path) -> list[dict]:
     return [json.loads(ln) for ln in path.read_text().splitlines()] if path.exists() else []
 
 
+def _terminated(exp: Path) -> set[str]:
+    """Trial folders whose trial is TERMINATED in the newest experiment state in ``exp``."""
+    states = sorted(exp.glob("experiment_state-*.json"))
+    try:
+        trials = [json.loads(t) for t, _ in json.loads(states[-1].read_text())["trial_data"]]
+    except (IndexError, ValueError, KeyError):  # none yet, or caught mid-write
+        return set()
+    return {f"trial_{t['trial_id']}" for t in trials if t.get("status") == "TERMINATED"}
+
+
 # -- out of memory ---------------------------------------------------------------------------
 def test_oom_in_the_loop_names_the_batch_size():
     trainer = Trainer(Recipe.from_dict({**TINY, "batch_size": 96}), load_data("digits"),
@@ -195,12 +205,12 @@ def test_killed_driver_resumes_with_searcher_history(tmp_path, searcher):
     deadline = time.time() + 240
     done: dict[str, list] = {}
     try:
+        # finished = TERMINATED in the experiment state Ray last saved to the storage (what a
+        # resume reads); rows alone can run ahead of that snapshot
         while time.time() < deadline and len(done) < 2:
             time.sleep(0.5)
-            done = {t.name: _epochs(t) for t in exp.glob("trial_*")
-                    if _epochs(t) and "stop_reason" in _epochs(t)[-1]}
+            done = {name: _epochs(exp / name) for name in _terminated(exp)}
         assert len(done) >= 2, "no trial finished before the deadline"
-        time.sleep(1.5)  # let Ray snapshot the experiment state after those results
     finally:
         os.killpg(run.pid, signal.SIGKILL)  # the driver and the Ray it started
         run.wait()
