@@ -130,6 +130,12 @@ def _run_config(settings: Any, storage: str, name: str, verbose: int) -> RunConf
     )
 
 
+def _search_plan(settings: Any, space: SearchSpace, max_concurrent: int) -> Any:
+    return build_search(settings.searcher, space, seed=settings.seed,
+                        num_samples=settings.num_samples, metric=settings.metric,
+                        mode=settings.mode, max_concurrent=max_concurrent)
+
+
 def run_experiment(settings: Any, space: SearchSpace, *, storage: str, name: str,
                    address: str | None, resume: bool, verbose: int) -> tuple[Any, str]:
     """Fit a new experiment (or resume it when ``resume`` and it exists)."""
@@ -138,9 +144,7 @@ def run_experiment(settings: Any, space: SearchSpace, *, storage: str, name: str
     if exists and not resume:
         raise ConfigError(f"experiment {path} already exists; finish it with `cnn-tuner resume "
                           f"{path}` (or pass --resume), or choose another --name")
-    plan = build_search(settings.searcher, space, seed=settings.seed,  # validates before Ray
-                        num_samples=settings.num_samples, metric=settings.metric,
-                        mode=settings.mode, max_concurrent=settings.max_concurrent or 0)
+    plan = _search_plan(settings, space, settings.max_concurrent or 0)  # validates before Ray
     mutations = pbt_mutations(space) if settings.scheduler == "pbt" else None
     scheduler = build_scheduler(settings.scheduler, settings.max_epochs,
                                 SchedulerOptions(**settings.scheduler_options), mutations)
@@ -152,9 +156,7 @@ def run_experiment(settings: Any, space: SearchSpace, *, storage: str, name: str
         if exists:
             return _restore(path, settings, data, verbose), path
         if not settings.max_concurrent:  # default: as many trials as the cluster holds
-            plan = build_search(settings.searcher, space, seed=settings.seed,
-                                num_samples=settings.num_samples, metric=settings.metric,
-                                mode=settings.mode, max_concurrent=trial_slots(settings))
+            plan = _search_plan(settings, space, trial_slots(settings))
         settings.save(path)
         tuner = Tuner(
             build_trainable(settings, data), param_space=plan.param_space,
