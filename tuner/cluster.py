@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from trainables.errors import ConfigError
+from tuner import storage as storage_paths
 
 SHARED_STORAGE_ENV = "CNN_TUNER_SHARED_STORAGE"
 # /proc/mounts file system types whose files every node that mounts them sees
@@ -38,9 +39,9 @@ NETWORK_FS_TYPES = frozenset({
 _FALSE = ("", "0", "false", "no", "off")
 
 
-def is_uri(storage: str) -> bool:
-    """``scheme://...`` other than ``file://`` (which names a path on this node)."""
-    return "://" in storage and not storage.startswith("file://")
+def is_remote_uri(storage: str) -> bool:
+    """A URI other than ``file://`` (which names a path on this node)."""
+    return storage_paths.is_uri(storage) and not storage.startswith("file://")
 
 
 def local_path(storage: str) -> str:
@@ -94,7 +95,7 @@ def storage_is_shared(storage: str, *, shared_storage: bool = False,
                       mounts: Iterable[tuple[str, str]] | None = None) -> bool:
     """True when every node sees ``storage``: a remote URI, a network file system, or
     declared shared by the user."""
-    if is_uri(storage) or declared_shared(shared_storage):
+    if is_remote_uri(storage) or declared_shared(shared_storage):
         return True
     return is_network_fs(mount_fs_type(local_path(storage), mounts))
 
