@@ -39,7 +39,8 @@ def test_grid_search_runs_exactly_the_grid(ray_local, tmp_path):
 
 
 @pytest.mark.parametrize("searcher", ["tpe", "optuna"])
-def test_tpe_honours_conditionals_and_configs_are_flat(ray_local, tmp_path, searcher):
+def test_model_based_searchers_honour_conditionals_and_configs_are_flat(ray_local, tmp_path,
+                                                                     searcher):
     space = {**TINY, "lr": loguniform(0.01, 0.3),
              "lr_schedule": choice(["step", "cosine"]),
              "step_size": randint(1, 3, when={"lr_schedule": "step"}),
