@@ -66,7 +66,7 @@ def _ensure_files(folder: Path, files: list[str], *, name: str, root: Path, down
     lacking = missing()
     if lacking:
         raise ConfigError(f"{name} files not found: expected {', '.join(lacking)}{note} in this "
-                          "directory; set `download: true` (--download) to fetch them",
+                          "directory; set `download: true` (--set download=true) to fetch them",
                           where=str(folder))
 
 

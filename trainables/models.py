@@ -18,7 +18,7 @@ import difflib
 import functools
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -33,7 +33,8 @@ from trainables.recipe import is_weights_name
 from trainables.small_models import ResNetSmall, SimpleCNN
 
 __all__ = ["apply_freeze", "backbone_blocks", "build_model", "check_model_name", "head_module",
-           "list_models", "param_groups", "register_model"]
+           "list_models", "missing_weights", "missing_weights_error", "param_groups",
+           "register_model", "require_weights"]
 
 ModelBuilder = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelBuilder] = {}
@@ -116,15 +117,23 @@ def _read_checkpoint(path: Path, name: str) -> dict[str, Any]:
     return ckpt
 
 
+def _hub_cache() -> Path:
+    """torch hub's weights folder (``$TORCH_HOME/hub/checkpoints``, read at each call)."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _hub_path(weights: Any) -> Path:
+    """Where torch hub keeps (or would download) the file of a torchvision weights member."""
+    return _hub_cache() / os.path.basename(urlparse(weights.url).path)
+
+
 def _hub_state_dict(weights: Any, download: bool) -> dict[str, torch.Tensor]:
     """torchvision weights from torch hub's cache; the network is used only with download."""
-    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
+    path = _hub_path(weights)
     if path.is_file():
         return read_tensors(path)
     if not download:
-        raise ConfigError(f"knob 'pretrained': {weights} is not in torch hub's cache at {path}; "
-                          f"`download: true` fetches it from {weights.url} (no network by "
-                          "default), or copy the file there")
+        raise missing_weights_error([str(path)])
     from filelock import FileLock
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -385,3 +394,50 @@ def param_groups(model: nn.Module, *, lr: float, backbone_lr_mult: float,
                         "lr": lr * mult, "lr_mult": mult,
                         "weight_decay": weight_decay if decay else 0.0})
     return out
+
+
+# -- weights files present before trials start ----------------------------------------------
+def missing_weights(model: str, pretrained: str, download: bool = False) -> list[str]:
+    """The file loading ``pretrained`` into ``model`` needs and this machine lacks ([] or one
+    path): a checkpoint file, or torchvision weights absent from torch hub's cache (none when
+    ``download``: the trial fetches them). A pair the Recipe refuses (weights name on a registry
+    model, a name the model has no weights for) needs no file here."""
+    if pretrained == "none":
+        return []
+    if not is_weights_name(pretrained):
+        return [] if Path(pretrained).is_file() else [pretrained]
+    if download or model not in _torchvision_names():
+        return []
+    try:
+        path = _hub_path(_resolve_weights(model, pretrained))
+    except ConfigError:
+        return []
+    return [] if path.is_file() else [str(path)]
+
+
+def missing_weights_error(missing: Iterable[str], *, node: str | None = None) -> ConfigError:
+    """One line naming every file of ``missing`` (``missing_weights`` paths) and the fix;
+    ``node`` names the machine that lacks them (a cluster worker whose cache differs)."""
+    names = list(dict.fromkeys(missing))  # one file can serve several pairs
+    cached = [f for f in names if Path(f).parent == _hub_cache()]
+    files = [f for f in names if f not in cached]
+    on = f" on node {node}" if node else ""
+    parts = []
+    if cached:
+        parts.append(f"not in torch hub's cache{on}: {', '.join(cached)}; set download: true "
+                     "(--set download=true) to fetch them (no network by default), or copy "
+                     "them there")
+    if files:
+        parts.append(f"no checkpoint file{on} at {', '.join(files)}")
+    return ConfigError("knob 'pretrained': " + "; ".join(parts))
+
+
+def require_weights(models: Iterable[str], pretrained: Iterable[str], *,
+                    download: bool) -> None:
+    """Refuse, before any trial starts, a run whose weights files are not all here: every
+    model x pretrained value a space can choose (as the dataset is loaded on the driver first).
+    Every missing file is named at once, so one fix covers the run."""
+    missing = [f for m in sorted(models) for p in sorted(pretrained)
+               for f in missing_weights(m, p, download)]
+    if missing:
+        raise missing_weights_error(missing)

@@ -17,6 +17,7 @@ from typing import Any
 
 from search_spaces import SearchSpace, load_space
 from trainables.errors import ConfigError
+from trainables.models import require_weights
 from trainables.recipe import DATA_KNOBS, KNOBS, Recipe
 from tuner import storage
 from tuner.results import TuneResult, collect_results
@@ -211,6 +212,8 @@ def tune(space: SearchSpace | dict | str | Path = "quick", *, dataset: str | Non
         checkpoint_every=checkpoint_every, shared_storage=shared_storage,
         scheduler_options=asdict(scheduler_options or SchedulerOptions()))
     _check_resources(space_obj, settings)
+    require_weights(possible_values(space_obj, "model"), possible_values(space_obj, "pretrained"),
+                    download=all(possible_values(space_obj, "download")))
     _check_gpus(gpus_per_trial, address)
     if not 0 <= verbose <= 3:
         raise ConfigError(f"--verbose: must be 0, 1, 2 or 3, got {verbose}")
