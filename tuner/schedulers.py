@@ -14,13 +14,13 @@ from typing import Any
 from ray.tune.schedulers import (
     AsyncHyperBandScheduler,
     FIFOScheduler,
-    HyperBandScheduler,
     MedianStoppingRule,
     PopulationBasedTraining,
     TrialScheduler,
 )
 
 from trainables.errors import ConfigError
+from tuner.hyperband import FilledHyperBand
 
 TIME_ATTR = "training_iteration"
 
@@ -49,27 +49,32 @@ class SchedulerOptions:
                               f"{self.perturbation_interval}")
 
 
-def _fifo(max_epochs: int, opts: SchedulerOptions, mutations: dict) -> TrialScheduler:
+def _fifo(max_epochs: int, opts: SchedulerOptions, mutations: dict,
+          num_trials: int) -> TrialScheduler:
     return FIFOScheduler()
 
 
-def _asha(max_epochs: int, opts: SchedulerOptions, mutations: dict) -> TrialScheduler:
+def _asha(max_epochs: int, opts: SchedulerOptions, mutations: dict,
+          num_trials: int) -> TrialScheduler:
     return AsyncHyperBandScheduler(time_attr=TIME_ATTR, max_t=max_epochs,
                                    grace_period=opts.grace(max_epochs),
                                    reduction_factor=opts.reduction_factor)
 
 
-def _hyperband(max_epochs: int, opts: SchedulerOptions, mutations: dict) -> TrialScheduler:
-    return HyperBandScheduler(time_attr=TIME_ATTR, max_t=max_epochs,
-                              reduction_factor=opts.reduction_factor)
+def _hyperband(max_epochs: int, opts: SchedulerOptions, mutations: dict,
+               num_trials: int) -> TrialScheduler:
+    return FilledHyperBand(time_attr=TIME_ATTR, max_t=max_epochs,
+                           reduction_factor=opts.reduction_factor, num_trials=num_trials)
 
 
-def _median(max_epochs: int, opts: SchedulerOptions, mutations: dict) -> TrialScheduler:
+def _median(max_epochs: int, opts: SchedulerOptions, mutations: dict,
+            num_trials: int) -> TrialScheduler:
     return MedianStoppingRule(time_attr=TIME_ATTR, grace_period=opts.grace(max_epochs),
                               min_samples_required=3)
 
 
-def _pbt(max_epochs: int, opts: SchedulerOptions, mutations: dict) -> TrialScheduler:
+def _pbt(max_epochs: int, opts: SchedulerOptions, mutations: dict,
+         num_trials: int) -> TrialScheduler:
     if not mutations:
         raise ConfigError("scheduler 'pbt': the space tunes no knob PBT can change during "
                           "training (e.g. lr, weight_decay, dropout, aug_*)")
@@ -78,17 +83,31 @@ def _pbt(max_epochs: int, opts: SchedulerOptions, mutations: dict) -> TrialSched
                                    hyperparam_mutations=mutations)
 
 
-SCHEDULERS: dict[str, Callable[[int, SchedulerOptions, dict], TrialScheduler]] = {
+SCHEDULERS: dict[str, Callable[[int, SchedulerOptions, dict, int], TrialScheduler]] = {
     "fifo": _fifo, "asha": _asha, "hyperband": _hyperband, "median": _median, "pbt": _pbt,
 }
 
+# Schedulers that PAUSE trials and resume them later from their last checkpoint (Ray restores a
+# paused function trainable from the checkpoint of its last report): they need a checkpoint at
+# every report, and a paused trial still counts as live for the searcher's concurrency limit.
+PAUSING = frozenset({"hyperband", "pbt"})
+
 
 def build_scheduler(name: str, max_epochs: int, options: SchedulerOptions | None = None,
-                    mutations: dict[str, Any] | None = None) -> TrialScheduler:
-    """The scheduler called ``name``; unknown names list the valid ones."""
+                    mutations: dict[str, Any] | None = None,
+                    num_trials: int = 0) -> TrialScheduler:
+    """The scheduler called ``name``; unknown names list the valid ones. ``num_trials``: how
+    many trials the run will have (HyperBand halves an unfilled last bracket once all came)."""
     if name not in SCHEDULERS:
         raise ConfigError(f"--scheduler: unknown scheduler {name!r}; valid: "
                           f"{', '.join(SCHEDULERS)}")
     opts = options or SchedulerOptions()
     opts.check(max_epochs)
-    return SCHEDULERS[name](max_epochs, opts, mutations or {})
+    return SCHEDULERS[name](max_epochs, opts, mutations or {}, num_trials)
+
+
+def min_open_trials(scheduler: TrialScheduler) -> int:
+    """The fewest trials the searcher must keep open (running, pending or paused) for
+    ``scheduler`` to make progress: a synchronous HyperBand bracket pauses its trials at each
+    milestone until all of the bracket's trials reach it, so the largest bracket must fit."""
+    return scheduler.largest_bracket if isinstance(scheduler, FilledHyperBand) else 1
