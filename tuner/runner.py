@@ -21,7 +21,7 @@ from search_spaces import Grid, SearchSpace, pbt_mutations
 from trainables.data import DataSplits, load_recipe_data
 from trainables.errors import ConfigError
 from trainables.trainable import TrialOptions, run_trial
-from tuner.schedulers import SchedulerOptions, build_scheduler
+from tuner.schedulers import PAUSING, SchedulerOptions, build_scheduler, min_open_trials
 from tuner.searchers import build_search
 
 # Ray's own chatter that tells a CLI user nothing.
@@ -102,8 +102,9 @@ def _trial_dirname(trial: Any) -> str:
 def build_trainable(settings: Any, data: DataSplits) -> Any:
     """The trainable with its resources; the dataset goes into the object store exactly once
     (an ObjectRef handed to with_parameters is passed through, not put again)."""
+    # a paused trial resumes from the checkpoint of its last report: save at every report
     options = TrialOptions(checkpoint_every=settings.checkpoint_every,
-                           checkpoint_budget=1.0 if settings.scheduler == "pbt" else 0.05)
+                           checkpoint_budget=1.0 if settings.scheduler in PAUSING else 0.05)
     trainable = tune.with_parameters(run_trial, data=ray.put(data), options=options)
     return tune.with_resources(trainable, {"cpu": settings.cpus_per_trial,
                                            "gpu": settings.gpus_per_trial})
@@ -122,12 +123,23 @@ def _reporter(settings: Any) -> CLIReporter:
 
 
 def _run_config(settings: Any, storage: str, name: str, verbose: int) -> RunConfig:
+    # PBT clones another trial's checkpoint some time after choosing it, while that trial goes on
+    # writing new ones; with num_to_keep Ray deletes the chosen one first and the clone errors
+    # ("Could not recover from checkpoint as it does not exist on storage anymore"): keep all.
+    keep = None if settings.scheduler == "pbt" else 4
     return RunConfig(
         name=name, storage_path=storage, verbose=verbose,
         progress_reporter=_reporter(settings) if verbose else None,
         failure_config=FailureConfig(max_failures=settings.max_failures),
-        checkpoint_config=CheckpointConfig(num_to_keep=4),
+        checkpoint_config=CheckpointConfig(num_to_keep=keep),
     )
+
+
+def _scheduler(settings: Any, space: SearchSpace) -> Any:
+    mutations = pbt_mutations(space) if settings.scheduler == "pbt" else None
+    return build_scheduler(settings.scheduler, settings.max_epochs,
+                           SchedulerOptions(**settings.scheduler_options), mutations,
+                           num_trials=expected_trials(settings))
 
 
 def _search_plan(settings: Any, space: SearchSpace, max_concurrent: int) -> Any:
@@ -145,18 +157,21 @@ def run_experiment(settings: Any, space: SearchSpace, *, storage: str, name: str
         raise ConfigError(f"experiment {path} already exists; finish it with `cnn-tuner resume "
                           f"{path}` (or pass --resume), or choose another --name")
     plan = _search_plan(settings, space, settings.max_concurrent or 0)  # validates before Ray
-    mutations = pbt_mutations(space) if settings.scheduler == "pbt" else None
-    scheduler = build_scheduler(settings.scheduler, settings.max_epochs,
-                                SchedulerOptions(**settings.scheduler_options), mutations)
+    scheduler = _scheduler(settings, space)
+    open_trials = min_open_trials(scheduler)
+    if settings.max_concurrent and settings.max_concurrent < open_trials:
+        raise ConfigError(f"--max-concurrent: scheduler {settings.scheduler!r} pauses the trials "
+                          f"of a bracket until all {open_trials} reach its milestone, so it needs "
+                          f"at least {open_trials}, got {settings.max_concurrent}")
     data = load_run_data(space)
     on_cluster = bool(address) or ray.is_initialized()  # not a Ray of our own
     with ray_session(address):
         if on_cluster:
             _check_storage(storage, settings)
         if exists:
-            return _restore(path, settings, data, verbose), path
+            return _restore(path, settings, space, data, verbose), path
         if not settings.max_concurrent:  # default: as many trials as the cluster holds
-            plan = _search_plan(settings, space, trial_slots(settings))
+            plan = _search_plan(settings, space, max(trial_slots(settings), open_trials))
         settings.save(path)
         tuner = Tuner(
             build_trainable(settings, data), param_space=plan.param_space,
@@ -198,11 +213,18 @@ def _check_storage(storage: str, settings: Any) -> None:
                          trial_resources={k: v for k, v in resources.items() if v})
 
 
-def _restore(path: str, settings: Any, data: DataSplits, verbose: int) -> Any:
+def _restore(path: str, settings: Any, space: SearchSpace, data: DataSplits,
+             verbose: int) -> Any:
     check_experiment_state(path)
+    # Ray saves the param space with its sample_from functions replaced by placeholders and, on
+    # restore, resolves them only from a param_space passed again: without it, every trial the
+    # random/grid generator had not created yet got ('__fn_ph', ...) tuples as knob values
+    # (Tuner.restore's param_space argument, ray-project/ray#32317). Same space, same seed.
+    param_space = _search_plan(settings, space, settings.max_concurrent or 0).param_space
     try:
         tuner = Tuner.restore(path, trainable=build_trainable(settings, data),
-                              resume_unfinished=True, restart_errored=True)
+                              resume_unfinished=True, restart_errored=True,
+                              param_space=param_space or None)
     except (ValueError, KeyError, TypeError, OSError, EOFError, RuntimeError) as e:
         # a truncated or corrupt experiment_state-*.json / searcher state: never start afresh
         state = sorted(Path(path).glob("experiment_state-*.json")) if "://" not in path else []
@@ -229,4 +251,4 @@ def restore_experiment(path: str | Path, *, address: str | None,
     with ray_session(address):
         if on_cluster:
             _check_storage(path, settings)
-        return _restore(path, settings, data, verbose), settings, path
+        return _restore(path, settings, space, data, verbose), settings, path
