@@ -16,6 +16,7 @@ from trainables.errors import ConfigError
 from tuner.overrides import parse_sets
 
 EXIT_USAGE = 2
+EXIT_TRIALS_ERRORED = 1
 
 
 class _Parser(argparse.ArgumentParser):
@@ -83,6 +84,18 @@ def _print_summary(result) -> None:  # noqa: ANN001
           f"(retrain: cnn-tuner train --recipe {result.path}/best_recipe.yaml)")
 
 
+def _exit_status(result) -> int:  # noqa: ANN001
+    """1 when any trial errored (a script must be able to tell), with one line saying where the
+    errors are; trials stopped early or with a non-finite loss are results, not errors."""
+    s = result.summary
+    if not s["errored"]:
+        return 0
+    print(f"cnn-tuner: {s['errored']} of {s['trials']} trials errored; see the error column of "
+          f"{result.path}/results.csv and error.txt in their trial folders "
+          f"({result.path}/trial_*)", file=sys.stderr)
+    return EXIT_TRIALS_ERRORED
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from tuner.api import tune
     from tuner.schedulers import SchedulerOptions
@@ -99,14 +112,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
                   checkpoint_every=args.checkpoint_every, resume=args.resume,
                   verbose=args.verbose)
     _print_summary(result)
-    return 0
+    return _exit_status(result)
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
     from tuner.api import resume
 
-    _print_summary(resume(args.path, address=args.address, verbose=args.verbose))
-    return 0
+    result = resume(args.path, address=args.address, verbose=args.verbose)
+    _print_summary(result)
+    return _exit_status(result)
 
 
 def _cmd_results(args: argparse.Namespace) -> int:
