@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean chromium
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,8 +15,20 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/cnn-tuner run
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(PY) -m pytest -q
+
+# The report tests render the HTML in headless Chromium: Debian's package (no browser download),
+# installed here when missing and this user can (root, or sudo without a password); otherwise one
+# line says what to run.
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO=sudo; \
+	  else SUDO=no; fi; \
+	  if [ "$$SUDO" = no ] || ! command -v apt-get >/dev/null; then \
+	    echo "make test: the report tests need Chromium; install it (Debian/Ubuntu: sudo apt-get install chromium), then run make test again" >&2; exit 2; fi; \
+	  echo "make test: installing Debian's chromium for the report tests"; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

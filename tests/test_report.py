@@ -3,7 +3,7 @@
 The run (conftest ``lr_experiment``) varies lr over five decades plus two knobs that do not
 matter; the report must draw one curve per trial, mark the trials ASHA stopped, rank lr first
 in the importance table, and load offline without JavaScript errors. Chromium is Debian's
-``chromium`` package (CI's ``.ci/run`` installs it); without it these tests fail, not skip.
+``chromium`` package (`make test` installs it); without it these tests fail, not skip.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def chromium_render(page: Path, profile: Path) -> tuple[Dom, list[str]]:
     """The DOM Chromium built from ``page`` (after its scripts ran) and its console lines."""
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
-        pytest.fail("chromium is not installed: `apt-get install chromium` (CI's .ci/run does)")
+        pytest.fail("chromium is not installed: `apt-get install chromium` (`make test` does)")
     proc = subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom",
                            page.resolve().as_uri()], capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0 and "<body" in proc.stdout, proc.stderr[-2000:]
