@@ -16,6 +16,7 @@ or Optuna objects only in ``search_spaces.convert``.
 """
 
 from search_spaces.convert import (
+    ClipToSpace,
     flatten_config,
     merge_fixed,
     pbt_mutations,
@@ -42,8 +43,8 @@ from search_spaces.registry import list_presets, load_space, preset_path
 from search_spaces.space import SearchSpace, active_knobs, sample
 
 __all__ = [
-    "Choice", "Distribution", "Grid", "LogUniform", "QRandInt", "RandInt", "SearchSpace",
-    "Uniform", "active_knobs", "choice", "flatten_config", "grid", "list_presets", "load_space",
-    "loguniform", "merge_fixed", "pbt_mutations", "preset_path", "qrandint", "randint", "sample",
-    "to_hyperopt_space", "to_optuna_space", "to_tune_param_space", "uniform",
+    "Choice", "ClipToSpace", "Distribution", "Grid", "LogUniform", "QRandInt", "RandInt",
+    "SearchSpace", "Uniform", "active_knobs", "choice", "flatten_config", "grid", "list_presets",
+    "load_space", "loguniform", "merge_fixed", "pbt_mutations", "preset_path", "qrandint",
+    "randint", "sample", "to_hyperopt_space", "to_optuna_space", "to_tune_param_space", "uniform",
 ]

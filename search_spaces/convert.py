@@ -47,7 +47,8 @@ from search_spaces.distributions import (
 from search_spaces.space import SearchSpace, _plain
 from trainables.errors import ConfigError
 
-__all__ = ["ConditionalSample", "OptunaSpace", "flatten_config", "merge_fixed", "pbt_mutations",
+__all__ = ["ClipToSpace", "ConditionalSample", "OptunaSpace", "flatten_config", "merge_fixed",
+           "pbt_mutations",
            "to_hyperopt_space", "to_optuna_space", "to_tune_param_space"]
 
 # hyperopt's quniform rounds uniform(low, high) / q; widening by just under half a step gives
@@ -309,3 +310,24 @@ def pbt_mutations(space: SearchSpace) -> dict[str, Any]:
     tuned knobs that PBT can change mid-training, as Ray Tune domains."""
     return {knob: _tune_domain(dist) for knob, dist in space.tuned.items()
             if knob in PBT_MUTABLE and dist.parent is None and type(dist) is not Grid}
+
+
+class ClipToSpace:
+    """PBT's explore step, after Ray's: keeps every mutated knob inside its range in ``space``.
+
+    Ray's PopulationBasedTraining perturbs a value by x0.8 or x1.2 without looking at its
+    range (ray/tune/schedulers/pbt.py ``_explore``, Ray 2.60): lr drifts out of the space, and a
+    momentum of 0.95 becomes 1.14, which the Recipe refuses, so the trial errors. Passed as
+    ``custom_explore_fn``; a class, not a lambda, so the scheduler pickles with the experiment.
+    """
+
+    def __init__(self, space: SearchSpace) -> None:
+        self.bounds = {knob: (dist.low, dist.high) for knob, dist in space.tuned.items()
+                       if knob in PBT_MUTABLE and hasattr(dist, "low")}
+
+    def __call__(self, config: dict[str, Any]) -> dict[str, Any]:
+        out = dict(config)
+        for knob, (low, high) in self.bounds.items():
+            if out.get(knob) is not None:
+                out[knob] = type(low)(min(max(out[knob], low), high))  # int: already rounded
+        return out

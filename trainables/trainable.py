@@ -110,15 +110,19 @@ def run_trial(config: dict[str, Any], data: DataSplits | None = None,
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             resume = load_checkpoint(Path(d) / CHECKPOINT_FILE)
+    trial_id = tune.get_context().get_trial_id()
 
     last = {"at": time.monotonic(), "cost": 0.0}  # the last checkpoint: when, seconds to save
     # the epoch of the checkpoint this process started from (0: from scratch); Ray can drop
     # result.json rows of a killed worker, so this, not the rows, tells where a retry resumed
     resumed_from = int(resume["epoch"]) if resume is not None else 0
+    # the trial that wrote that checkpoint: another one after a PBT exploit (its weights cloned)
+    resumed_from_trial = str(resume.get("trial_id") or trial_id) if resume is not None else ""
 
     def report(metrics: dict[str, Any], state_fn: Any) -> None:
         metrics = {**metrics, "device": str(device), "gpu_ids": gpu_ids, "pid": os.getpid(),
-                   "node_id": node_id, "resumed_from": resumed_from}
+                   "node_id": node_id, "resumed_from": resumed_from,
+                   "resumed_from_trial": resumed_from_trial}
         due = metrics["epoch"] % options.checkpoint_every == 0 and (
             time.monotonic() - last["at"] >= last["cost"] / options.checkpoint_budget)
         if not due and "stop_reason" not in metrics:
@@ -126,7 +130,7 @@ def run_trial(config: dict[str, Any], data: DataSplits | None = None,
             return
         with tempfile.TemporaryDirectory() as d:
             start = time.monotonic()
-            save_checkpoint(state_fn(), Path(d) / CHECKPOINT_FILE)
+            save_checkpoint({**state_fn(), "trial_id": trial_id}, Path(d) / CHECKPOINT_FILE)
             checkpoint = tune.Checkpoint.from_directory(d)
             tune.report(metrics, checkpoint=checkpoint)
             last.update(at=time.monotonic(), cost=time.monotonic() - start)

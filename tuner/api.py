@@ -21,7 +21,7 @@ from trainables.models import require_weights
 from trainables.recipe import DATA_KNOBS, KNOBS, Recipe
 from tuner import storage
 from tuner.results import TuneResult, collect_results
-from tuner.schedulers import SchedulerOptions
+from tuner.schedulers import PAUSING, SchedulerOptions, check_pairing
 
 DEFAULT_STORAGE = "cnn-tuner-results"
 SETTINGS_FILE = "cnn_tuner_run.json"
@@ -130,9 +130,11 @@ def _check_resources(space: SearchSpace, settings: RunSettings) -> None:
                           f"{settings.max_failures}")
     if not 0 <= settings.seed < 2**32:
         raise ConfigError(f"--seed: must be in [0, 2**32), got {settings.seed}")
-    if settings.scheduler == "pbt" and settings.searcher in ("tpe", "optuna"):
-        raise ConfigError("--scheduler pbt: PBT explores by mutating configs itself; use "
-                          "--searcher random (or grid)")
+    if settings.scheduler in PAUSING and settings.checkpoint_every != 1:
+        raise ConfigError(f"--checkpoint-every: scheduler {settings.scheduler!r} pauses trials and "
+                          "resumes them from the checkpoint of their last epoch, so it needs 1, "
+                          f"got {settings.checkpoint_every}")
+    check_pairing(settings.searcher, settings.scheduler)
     if settings.gpus_per_trial == 0 and "fp16" in possible_values(space, "precision"):
         raise ConfigError("knob 'precision': the space allows fp16, which needs a CUDA device, "
                           "but --gpus-per-trial is 0")

@@ -17,7 +17,7 @@ import ray
 from ray import tune
 from ray.tune import CheckpointConfig, CLIReporter, FailureConfig, RunConfig, TuneConfig, Tuner
 
-from search_spaces import Grid, SearchSpace, pbt_mutations
+from search_spaces import Grid, SearchSpace
 from trainables.data import DataSplits, load_recipe_data
 from trainables.errors import ConfigError
 from trainables.trainable import TrialOptions, run_trial
@@ -136,9 +136,8 @@ def _run_config(settings: Any, storage: str, name: str, verbose: int) -> RunConf
 
 
 def _scheduler(settings: Any, space: SearchSpace) -> Any:
-    mutations = pbt_mutations(space) if settings.scheduler == "pbt" else None
     return build_scheduler(settings.scheduler, settings.max_epochs,
-                           SchedulerOptions(**settings.scheduler_options), mutations,
+                           SchedulerOptions(**settings.scheduler_options), space,
                            num_trials=expected_trials(settings))
 
 
@@ -158,11 +157,11 @@ def run_experiment(settings: Any, space: SearchSpace, *, storage: str, name: str
                           f"{path}` (or pass --resume), or choose another --name")
     plan = _search_plan(settings, space, settings.max_concurrent or 0)  # validates before Ray
     scheduler = _scheduler(settings, space)
-    open_trials = min_open_trials(scheduler)
+    open_trials, why = min_open_trials(scheduler, expected_trials(settings))
     if settings.max_concurrent and settings.max_concurrent < open_trials:
-        raise ConfigError(f"--max-concurrent: scheduler {settings.scheduler!r} pauses the trials "
-                          f"of a bracket until all {open_trials} reach its milestone, so it needs "
-                          f"at least {open_trials}, got {settings.max_concurrent}")
+        raise ConfigError(f"--max-concurrent: scheduler {settings.scheduler!r} pauses trials and "
+                          f"{why}, so it needs at least {open_trials} trials open at once, got "
+                          f"{settings.max_concurrent}")
     data = load_run_data(space)
     on_cluster = bool(address) or ray.is_initialized()  # not a Ray of our own
     with ray_session(address):

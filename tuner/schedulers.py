@@ -19,6 +19,7 @@ from ray.tune.schedulers import (
     TrialScheduler,
 )
 
+from search_spaces import ClipToSpace, SearchSpace, pbt_mutations
 from trainables.errors import ConfigError
 from tuner.hyperband import FilledHyperBand
 
@@ -49,43 +50,82 @@ class SchedulerOptions:
                               f"{self.perturbation_interval}")
 
 
-def _fifo(max_epochs: int, opts: SchedulerOptions, mutations: dict,
+def _fifo(max_epochs: int, opts: SchedulerOptions, space: SearchSpace,
           num_trials: int) -> TrialScheduler:
     return FIFOScheduler()
 
 
-def _asha(max_epochs: int, opts: SchedulerOptions, mutations: dict,
+def _asha(max_epochs: int, opts: SchedulerOptions, space: SearchSpace,
           num_trials: int) -> TrialScheduler:
     return AsyncHyperBandScheduler(time_attr=TIME_ATTR, max_t=max_epochs,
                                    grace_period=opts.grace(max_epochs),
                                    reduction_factor=opts.reduction_factor)
 
 
-def _hyperband(max_epochs: int, opts: SchedulerOptions, mutations: dict,
+def _hyperband(max_epochs: int, opts: SchedulerOptions, space: SearchSpace,
                num_trials: int) -> TrialScheduler:
     return FilledHyperBand(time_attr=TIME_ATTR, max_t=max_epochs,
                            reduction_factor=opts.reduction_factor, num_trials=num_trials)
 
 
-def _median(max_epochs: int, opts: SchedulerOptions, mutations: dict,
+class StepMedianStoppingRule(MedianStoppingRule):
+    """Stops a trial whose best metric so far is worse than the median of the other trials'
+    metric AT the same epoch (Optuna's MedianPruner rule), after the grace period and once three
+    others have reached that epoch.
+
+    Ray's rule compares with the median of the others' RUNNING AVERAGES up to that epoch; on
+    accuracy curves an average trails the values, so a weak trial's best still beats it and
+    almost nothing stops (measured in the contract suite: 55 of 72 trial-epochs used, trials
+    ending at 0.76 val_acc beside ones at 0.97 ran to the end). This overrides the private
+    ``_running_mean`` of Ray 2.60's MedianStoppingRule (the hook its rule reads).
+    """
+
+    def _running_mean(self, trial: Any, time: float) -> float:
+        reached = [r for r in self._results[trial] if r[self._time_attr] <= time]
+        return float(reached[-1][self._metric]) if reached else float("nan")
+
+
+def _median(max_epochs: int, opts: SchedulerOptions, space: SearchSpace,
             num_trials: int) -> TrialScheduler:
-    return MedianStoppingRule(time_attr=TIME_ATTR, grace_period=opts.grace(max_epochs),
-                              min_samples_required=3)
+    return StepMedianStoppingRule(time_attr=TIME_ATTR, grace_period=opts.grace(max_epochs),
+                                  min_samples_required=3)
 
 
-def _pbt(max_epochs: int, opts: SchedulerOptions, mutations: dict,
+def _pbt(max_epochs: int, opts: SchedulerOptions, space: SearchSpace,
          num_trials: int) -> TrialScheduler:
+    mutations = pbt_mutations(space)
     if not mutations:
         raise ConfigError("scheduler 'pbt': the space tunes no knob PBT can change during "
                           "training (e.g. lr, weight_decay, dropout, aug_*)")
     return PopulationBasedTraining(time_attr=TIME_ATTR,
                                    perturbation_interval=opts.perturbation_interval,
-                                   hyperparam_mutations=mutations)
+                                   hyperparam_mutations=mutations,
+                                   custom_explore_fn=ClipToSpace(space))
 
 
-SCHEDULERS: dict[str, Callable[[int, SchedulerOptions, dict, int], TrialScheduler]] = {
+SCHEDULERS: dict[str, Callable[[int, SchedulerOptions, SearchSpace, int], TrialScheduler]] = {
     "fifo": _fifo, "asha": _asha, "hyperband": _hyperband, "median": _median, "pbt": _pbt,
 }
+
+# Searcher x scheduler pairs refused before Ray starts, and why (the contract suite, the CLI and
+# the README read this; every other pair of SEARCHERS x SCHEDULERS is accepted and proven).
+_PBT_OWN_SEARCH = ("PBT explores by mutating the configs of running trials itself, so a "
+                   "model-based searcher's suggestions would be overwritten and its model fed "
+                   "mutated results")
+REFUSED_PAIRS: dict[tuple[str, str], str] = {
+    ("tpe", "pbt"): _PBT_OWN_SEARCH,
+    ("optuna", "pbt"): _PBT_OWN_SEARCH,
+    ("grid", "pbt"): "PBT mutates sampled knobs between epochs, and a grid space has none",
+}
+
+
+def check_pairing(searcher: str, scheduler: str) -> None:
+    """Refuse a searcher/scheduler pair listed in REFUSED_PAIRS, in one line."""
+    why = REFUSED_PAIRS.get((searcher, scheduler))
+    if why:
+        raise ConfigError(f"--scheduler {scheduler}: not with --searcher {searcher}: {why}; use "
+                          "--searcher random")
+
 
 # Schedulers that PAUSE trials and resume them later from their last checkpoint (Ray restores a
 # paused function trainable from the checkpoint of its last report): they need a checkpoint at
@@ -94,8 +134,7 @@ PAUSING = frozenset({"hyperband", "pbt"})
 
 
 def build_scheduler(name: str, max_epochs: int, options: SchedulerOptions | None = None,
-                    mutations: dict[str, Any] | None = None,
-                    num_trials: int = 0) -> TrialScheduler:
+                    space: SearchSpace | None = None, num_trials: int = 0) -> TrialScheduler:
     """The scheduler called ``name``; unknown names list the valid ones. ``num_trials``: how
     many trials the run will have (HyperBand halves an unfilled last bracket once all came)."""
     if name not in SCHEDULERS:
@@ -103,11 +142,18 @@ def build_scheduler(name: str, max_epochs: int, options: SchedulerOptions | None
                           f"{', '.join(SCHEDULERS)}")
     opts = options or SchedulerOptions()
     opts.check(max_epochs)
-    return SCHEDULERS[name](max_epochs, opts, mutations or {}, num_trials)
+    return SCHEDULERS[name](max_epochs, opts, space or SearchSpace.from_dict({}), num_trials)
 
 
-def min_open_trials(scheduler: TrialScheduler) -> int:
-    """The fewest trials the searcher must keep open (running, pending or paused) for
-    ``scheduler`` to make progress: a synchronous HyperBand bracket pauses its trials at each
-    milestone until all of the bracket's trials reach it, so the largest bracket must fit."""
-    return scheduler.largest_bracket if isinstance(scheduler, FilledHyperBand) else 1
+def min_open_trials(scheduler: TrialScheduler, num_trials: int) -> tuple[int, str]:
+    """The fewest trials the searcher must keep open (running, pending or paused: Ray's
+    concurrency limits count paused trials) for ``scheduler`` to work, and why. A synchronous
+    HyperBand bracket pauses its trials at each milestone until all of them reach it. PBT pauses
+    a trial at each perturbation step while others are pending, so the population takes turns
+    on the CPUs; with only the running trials open its population is just those, and the trials
+    it picks to clone rarely have a checkpoint yet (measured: 0 exploits in 10 trials)."""
+    if isinstance(scheduler, FilledHyperBand):
+        return scheduler.largest_bracket, "its largest bracket waits at each milestone"
+    if isinstance(scheduler, PopulationBasedTraining):
+        return num_trials, "its population is every trial of the run"
+    return 1, ""

@@ -70,14 +70,14 @@ def _tpe(space: SearchSpace, seed: int, num_samples: int, metric: str, mode: str
     if not space.tuned:  # nothing to learn: every trial is the same fixed recipe
         return _variants(space, seed, num_samples, metric, mode, max_concurrent)
     alg = FlatHyperOptSearch(space=to_hyperopt_space(space), fixed=space.fixed, metric=metric,
-                             mode=mode, n_initial_points=_startup_points(num_samples),
+                             mode=mode, n_initial_points=startup_points(num_samples),
                              random_state_seed=seed)
     # Without an explicit limit Ray keeps one pending trial for a non-random searcher, so short
     # trials would run one at a time: allow as many as the cluster has trial slots.
     return SearchPlan(alg, {}, max_concurrent_trials=max_concurrent)
 
 
-def _startup_points(num_samples: int) -> int:
+def startup_points(num_samples: int) -> int:
     """A quarter of the budget as random start-up points (hyperopt's default is 20, Optuna's 10:
     too many for small budgets), at least 4 so TPE's density estimates have something to fit."""
     return max(4, num_samples // 4)
@@ -98,7 +98,7 @@ def _optuna(space: SearchSpace, seed: int, num_samples: int, metric: str, mode: 
     with warnings.catch_warnings():  # multivariate/group/constant_liar: "experimental" in 3.x
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         sampler = optuna.samplers.TPESampler(
-            seed=seed, n_startup_trials=_startup_points(num_samples), multivariate=True,
+            seed=seed, n_startup_trials=startup_points(num_samples), multivariate=True,
             group=True, constant_liar=True)
     alg = OptunaSearch(space=define_by_run, metric=metric, mode=mode, sampler=sampler)
     return SearchPlan(alg, {}, max_concurrent_trials=max_concurrent)
