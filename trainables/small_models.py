@@ -5,12 +5,37 @@ Both expose the layout ``trainables.models`` relies on for freezing and paramete
 ``features`` (ordered blocks: stem, then one entry per stage) and ``head`` (global pool, dropout,
 linear). ``width`` is the channel count of the first stage, doubled per stage. With
 ``batch_norm=False`` the models hold no BatchNorm module at all; convs then carry a bias instead.
+Both are initialised by ``init_weights`` (He init, as torchvision's ResNet), so the BatchNorm
+knob compares normalisation, not two inits.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
+
+
+def init_weights(model: nn.Module) -> None:
+    """He init, as torchvision's ResNet: convs kaiming_normal_(fan_out, relu), biases 0,
+    BatchNorm weight 1 / bias 0; Linear layers keep torch's default.
+
+    Why: torch's default conv init (kaiming_uniform_, a=sqrt(5): variance 1/(3 fan_in)) shrinks
+    the activations' second moment about 6x per conv+ReLU. BatchNorm rescales that away; without
+    it, on digits, simple_cnn's signal reaches the head ~50-80x smaller than it entered and its
+    first conv's gradient is ~2000x smaller relative to its weights than with BatchNorm: AdamW
+    (lr 3e-3, 12 epochs) reached 88% test accuracy, 96% with this init. He init (variance
+    2 / fan_out) keeps the gradient's scale through every conv+ReLU, and the forward signal's
+    wherever a conv keeps its channel count, so ``batch_norm: false`` measures the absence of
+    normalisation rather than a bad init. BatchNorm models get it too, as in torchvision.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
 
 
 def _norm(channels: int, batch_norm: bool, bn_momentum: float) -> nn.Module:
@@ -61,6 +86,7 @@ class SimpleCNN(nn.Module):
             c = c_out
         self.features = nn.Sequential(*blocks)
         self.head = _classifier(c, num_classes, dropout)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -82,6 +108,17 @@ class BasicBlock(nn.Module):
             self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=bias),
                                           _norm(c_out, batch_norm, bn_momentum))
 
+    def zero_init_branch(self) -> None:
+        """Zero the residual branch's last conv, so the block starts as its shortcut (Fixup,
+        SkipInit), for models without BatchNorm. A He-initialised branch adds about its input's
+        variance again, so the signal grows with depth (resnet_small at width 32: ~4.6x the
+        stem's rms after its 6 blocks; AdamW lr 3e-3, 12 epochs on digits: 80% test accuracy,
+        against 94% with zeroed branches). conv2 gets gradient from the first step (conv1's
+        output is not zero), and conv1 through conv2 once conv2 has moved."""
+        nn.init.zeros_(self.conv2.weight)
+        if self.conv2.bias is not None:
+            nn.init.zeros_(self.conv2.bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
@@ -90,7 +127,8 @@ class BasicBlock(nn.Module):
 
 class ResNetSmall(nn.Module):
     """CIFAR-style ResNet-14: 3x3 stem (no stride, no max-pool: small images keep their pixels),
-    3 stages of 2 BasicBlocks at w, 2w, 4w with stride 2 between stages, pool, dropout, linear."""
+    3 stages of 2 BasicBlocks at w, 2w, 4w with stride 2 between stages, pool, dropout, linear.
+    Without BatchNorm every block starts as its shortcut (``BasicBlock.zero_init_branch``)."""
 
     def __init__(self, *, in_channels: int, num_classes: int, width: int = 32,
                  batch_norm: bool = True, bn_momentum: float = 0.1, dropout: float = 0.0) -> None:
@@ -107,6 +145,11 @@ class ResNetSmall(nn.Module):
             c = c_out
         self.features = nn.Sequential(*blocks)
         self.head = _classifier(c, num_classes, dropout)
+        init_weights(self)
+        if not batch_norm:
+            for m in self.modules():
+                if isinstance(m, BasicBlock):
+                    m.zero_init_branch()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
