@@ -66,7 +66,9 @@ def trial_rows(result_grid: Any, scheduler: str) -> pd.DataFrame:
     for res in result_grid:
         metrics = dict(res.metrics or {})
         status, reason = _status(metrics, res.error, scheduler)
-        row: dict[str, Any] = {"trial_id": metrics.get("trial_id") or Path(res.path).name,
+        # the trial folder names the trial (trial_<id>): a result cloned by PBT can carry another
+        trial_id = Path(res.path).name.removeprefix("trial_") or metrics.get("trial_id")
+        row: dict[str, Any] = {"trial_id": trial_id,
                                "status": status, "stop_reason": reason,
                                "epochs_run": int(metrics.get("epoch", 0) or 0)}
         row.update({k: v for k, v in (res.config or {}).items() if k in KNOBS})
