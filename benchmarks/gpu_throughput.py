@@ -6,7 +6,7 @@ the project's registry) and of the bare loop (``_bare.bare_train`` on a bare
 channels_last + torch.compile. Each measurement trains one warm-up epoch (compilation, cuDNN
 algorithm choice, allocator growth) and one timed epoch of ``--steps`` steps on the same
 model. Then the trial-overhead ratio on the GPU: the bf16 + channels_last recipe as a Ray Tune
-trial (the product's trainable, ``tuner.runner.build_trainable``, one GPU) vs the bare loop,
+trial (the product's trainable, ``tuner.running.runner.build_trainable``, one GPU) vs the bare loop,
 per epoch from epoch 2 on, counting validation, reporting and checkpointing.
 
 A variant that fails (torch.compile without a working Triton, out of memory, over
@@ -164,8 +164,8 @@ def ray_overhead(args: argparse.Namespace, device: str) -> dict[str, Any]:
     import torchvision
     from ray.tune import RunConfig, TuneConfig, Tuner
 
-    from tuner.api import RunSettings
-    from tuner.runner import build_trainable
+    from tuner.running.runner import build_trainable
+    from tuner.running.settings import RunSettings
 
     n_train = args.steps * args.batch_size
     data = synthetic_splits(n_train, args.image_size, "cpu")  # the object store holds it

@@ -71,7 +71,7 @@ def parse_args() -> argparse.Namespace:
 
 def scheduler_options(args: argparse.Namespace) -> Any:
     """The tuner's SchedulerOptions, with --grace-period / --reduction-factor on top."""
-    from tuner.schedulers import SchedulerOptions
+    from tuner.running.schedulers import SchedulerOptions
 
     defaults = SchedulerOptions()
     return SchedulerOptions(
@@ -100,7 +100,7 @@ def run_optuna(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     from trainables.data import load_data
     from trainables.loop import train
     from trainables.recipe import Recipe
-    from tuner.api import resolve_space
+    from tuner.running.api import resolve_space
 
     optuna = quiet_optuna()
     space = resolve_space(args.space, max_epochs=args.max_epochs,
@@ -145,7 +145,7 @@ def run_optuna(args: argparse.Namespace, seed: int) -> dict[str, Any]:
 
 def main() -> None:
     args = parse_args()
-    import tuner.runner  # noqa: F401  (Ray and hyperopt imports outside the timed regions)
+    import tuner.running.runner  # noqa: F401  (Ray and hyperopt imports outside the timed regions)
 
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in args.methods}
     with stdout_to_stderr(), ray_local(2) as ray_init_s, tempfile.TemporaryDirectory() as tmp:

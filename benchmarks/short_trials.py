@@ -136,7 +136,7 @@ def main() -> None:
     args = parse_args()
     import ray.tune  # noqa: F401  (imports outside the timed regions, for every variant)
 
-    import tuner.runner  # noqa: F401
+    import tuner.running.runner  # noqa: F401
 
     out: dict[str, Any] = {}
     with stdout_to_stderr():

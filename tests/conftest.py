@@ -7,7 +7,7 @@ import pytest
 import torch
 
 # Ray binds every port to 127.0.0.1 only in its single-machine mode, read when Ray is imported
-# (see tuner.api.prefer_loopback): tests never listen beyond loopback.
+# (see tuner.running.api.prefer_loopback): tests never listen beyond loopback.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 torch.set_num_threads(1)
@@ -33,7 +33,7 @@ def lr_experiment(ray_local, tmp_path_factory):
     must not write into it (copy it first). Returns the experiment folder."""
     from search_spaces import loguniform, randint, uniform
     from tuner import tune
-    from tuner.schedulers import SchedulerOptions
+    from tuner.running.schedulers import SchedulerOptions
 
     space = {"dataset": "digits", "width": 8, "batch_size": 128,
              "lr": loguniform(1e-5, 0.5), "seed": randint(0, 1000),

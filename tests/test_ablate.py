@@ -19,9 +19,9 @@ import pytest
 from scipy import stats
 
 from trainables.recipe import Recipe
-from tuner.ablate import STRATEGIES, summarise, variants
+from tuner.analysis.ablate import STRATEGIES, summarise, variants
+from tuner.analysis.report import write_report
 from tuner.cli import main
-from tuner.report import write_report
 
 
 def test_variants_turn_one_strategy_off_and_skip_what_is_already_off():

@@ -2,7 +2,8 @@
 
 - ``cluster.yaml`` passes Ray's own cluster-config validation (what ``ray up`` runs), is secure
   by default, and a broken copy is refused.
-- The shared-storage rule (``tuner.cluster``) and the ``ray submit`` entry script, as pure logic.
+- The shared-storage rule (``tuner.running.cluster``) and the ``ray submit`` entry script, as
+  pure logic.
 - A real two-node Ray cluster on loopback (a head and a worker node, each with its own custom
   resource, started by this file run as a script): trials run on both nodes, results and
   checkpoints land in the shared storage, a node-local path is refused before any trial starts,
@@ -38,7 +39,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tuner import cluster as tc
+from tuner.running import cluster as tc
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER_YAML = ROOT / "cluster.yaml"

@@ -1,8 +1,8 @@
 """The tuning-core contract: every searcher x scheduler pair the registries accept, on one small
 conditional space, through real Ray Tune (after optuna's shared sampler suite).
 
-Registering a searcher in ``tuner.searchers.SEARCHERS`` or a scheduler in
-``tuner.schedulers.SCHEDULERS`` enrols it here with no other edit; a pair listed in
+Registering a searcher in ``tuner.running.searchers.SEARCHERS`` or a scheduler in
+``tuner.running.schedulers.SCHEDULERS`` enrols it here with no other edit; a pair listed in
 ``REFUSED_PAIRS`` is tested as a one-line refusal instead. For each accepted pair:
 
 (a) every trial's config honours ``when``: inactive knobs absent, active ones in range, never a
@@ -38,8 +38,8 @@ from search_spaces.distributions import Choice, _same
 from trainables.errors import ConfigError
 from tuner import tune
 from tuner.cli import main
-from tuner.schedulers import REFUSED_PAIRS, SCHEDULERS
-from tuner.searchers import SEARCHERS, startup_points
+from tuner.running.schedulers import REFUSED_PAIRS, SCHEDULERS
+from tuner.running.searchers import SEARCHERS, startup_points
 
 pytestmark = pytest.mark.ray
 

@@ -75,12 +75,12 @@ class OOMSplits(DataSplits):
 
 @pytest.mark.ray
 def test_oom_trial_is_errored_and_the_experiment_goes_on(ray_local, tmp_path, monkeypatch):
-    import tuner.runner
+    from tuner.running import runner
 
     # Ray's workers cannot import test modules: ship this module's classes by value
     ray_local.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    real = tuner.runner.load_run_data
-    monkeypatch.setattr(tuner.runner, "load_run_data", lambda space: OOMSplits.wrap(real(space)))
+    real = runner.load_run_data
+    monkeypatch.setattr(runner, "load_run_data", lambda space: OOMSplits.wrap(real(space)))
     res = tune({**TINY, "batch_size": grid([32, 128])}, searcher="grid", scheduler="fifo",
                max_epochs=1, storage=tmp_path, name="oom", max_failures=0, verbose=0)
     df = res.dataframe.set_index("batch_size")
@@ -95,11 +95,11 @@ def test_oom_trial_is_errored_and_the_experiment_goes_on(ray_local, tmp_path, mo
 def test_run_and_resume_exit_1_when_a_trial_errored(ray_local, tmp_path, monkeypatch, capsys):
     """(e) of the contract: a script can tell. Errors are counted and located in one line;
     trials stopped early by the scheduler are results, not errors (exit 0 then)."""
-    import tuner.runner
+    from tuner.running import runner
 
     ray_local.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    real = tuner.runner.load_run_data
-    monkeypatch.setattr(tuner.runner, "load_run_data", lambda space: OOMSplits.wrap(real(space)))
+    real = runner.load_run_data
+    monkeypatch.setattr(runner, "load_run_data", lambda space: OOMSplits.wrap(real(space)))
     space = tmp_path / "space.yaml"
     space.write_text("dataset: digits\nwidth: 8\nbatch_size: {grid: [32, 128]}\n")
     args = ["--space", str(space), "--searcher", "grid", "--scheduler", "fifo", "--max-epochs",
@@ -114,7 +114,7 @@ def test_run_and_resume_exit_1_when_a_trial_errored(ray_local, tmp_path, monkeyp
     # resume restarts the errored trial, which errors again: still 1
     assert main(["resume", str(exp), "--verbose", "0"]) == 1
     assert "1 of 2 trials errored" in capsys.readouterr().err
-    monkeypatch.setattr(tuner.runner, "load_run_data", real)  # the same run, no OOM: exit 0
+    monkeypatch.setattr(runner, "load_run_data", real)  # the same run, no OOM: exit 0
     assert main(["run", *args[:-6], "--name", "ok", "--verbose", "0"]) == 0
     assert not (pd.read_csv(tmp_path / "ok" / "results.csv")["status"] == "errored").any()
 

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from tuner.knob_table import markdown_table
+from tuner.cli.knob_table import markdown_table
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -21,10 +21,10 @@ import pytest
 import yaml
 from matplotlib.image import imread
 
-from tuner import plots
+from tuner.analysis import plots
+from tuner.analysis.importance import knob_importance
+from tuner.analysis.report import epoch_events, load_experiment, write_report
 from tuner.cli import main
-from tuner.importance import knob_importance
-from tuner.report import epoch_events, load_experiment, write_report
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",

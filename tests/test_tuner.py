@@ -14,8 +14,8 @@ from trainables.errors import ConfigError
 from trainables.loop import train
 from trainables.recipe import Recipe
 from tuner import tune
-from tuner.schedulers import SchedulerOptions, build_scheduler
-from tuner.searchers import build_search
+from tuner.running.schedulers import SchedulerOptions, build_scheduler
+from tuner.running.searchers import build_search
 
 pytestmark = pytest.mark.ray
 TINY = {"dataset": "digits", "width": 8, "batch_size": 128}

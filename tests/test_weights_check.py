@@ -14,10 +14,11 @@ import ray
 
 from trainables.errors import ConfigError
 from trainables.models import missing_weights, require_weights
-from trainables.trainable import run_trial
-from tuner.api import possible_values, resolve_space
 from tuner.cli import main
-from tuner.overrides import parse_sets
+from tuner.cli.overrides import parse_sets
+from tuner.running.api import resolve_space
+from tuner.running.settings import possible_values
+from tuner.running.trial import run_trial
 
 RESNET18 = "resnet18-f37072fd.pth"
 MOBILENET = "mobilenet_v3_small-047dcff4.pth"

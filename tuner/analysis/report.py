@@ -23,10 +23,11 @@ import pandas as pd
 from search_spaces import SearchSpace
 from search_spaces.distributions import LogUniform
 from trainables.errors import ConfigError
-from tuner import plots, storage
-from tuner.api import RunSettings
-from tuner.importance import Importance, knob_importance
-from tuner.results import BEST_RECIPE, load_results
+from tuner.analysis import plots
+from tuner.analysis.importance import Importance, knob_importance
+from tuner.running import storage
+from tuner.running.results import BEST_RECIPE, load_results
+from tuner.running.settings import RunSettings
 
 REPORT_DIR, ABLATION_CSV = "report", "ablation.csv"
 

@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 from trainables.errors import ConfigError
-from tuner.overrides import parse_sets
+from tuner.cli.overrides import parse_sets
 
 EXIT_USAGE = 2
 EXIT_TRIALS_ERRORED = 1
@@ -48,7 +48,7 @@ def _train_device(device: str | None) -> str:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from trainables.recipe import Recipe
-    from tuner.train_run import train_to_dir
+    from tuner.cli.train_run import train_to_dir
 
     overrides = parse_sets(args.set)
     if args.recipe:
@@ -97,8 +97,8 @@ def _exit_status(result) -> int:  # noqa: ANN001
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from tuner.api import tune
-    from tuner.schedulers import SchedulerOptions
+    from tuner.running.api import tune
+    from tuner.running.schedulers import SchedulerOptions
 
     opts = SchedulerOptions(grace_period=args.grace_period,
                             reduction_factor=args.reduction_factor)
@@ -116,7 +116,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
-    from tuner.api import resume
+    from tuner.running.api import resume
 
     result = resume(args.path, address=args.address, verbose=args.verbose)
     _print_summary(result)
@@ -124,7 +124,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _cmd_results(args: argparse.Namespace) -> int:
-    from tuner.results import load_results
+    from tuner.running.results import load_results
 
     df, summary = load_results(args.path)
     metric, mode = summary["metric"], summary["mode"]
@@ -148,7 +148,7 @@ def _cmd_results(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from tuner.report import write_report
+    from tuner.analysis.report import write_report
 
     index = write_report(args.path, args.out)
     print(f"wrote {index} (self-contained) and its plots as PNGs beside it")
@@ -157,7 +157,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
     from trainables.recipe import Recipe
-    from tuner.ablate import ablate, default_out, format_table
+    from tuner.analysis.ablate import ablate, default_out, format_table
 
     if args.seeds < 2:
         raise ConfigError(f"--seeds: must be >= 2 (a confidence interval needs at least two "
@@ -192,7 +192,7 @@ def _cmd_spaces(args: argparse.Namespace) -> int:
 
 
 def _cmd_knobs(args: argparse.Namespace) -> int:
-    from tuner.knob_table import markdown_table, text_table
+    from tuner.cli.knob_table import markdown_table, text_table
 
     print(markdown_table() if args.markdown else text_table())
     return 0
@@ -289,7 +289,7 @@ def _one_line_warnings(message, category, filename, lineno, line=None) -> str:  
 def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _one_line_warnings
     args = build_parser().parse_args(argv)
-    from tuner.api import prefer_loopback
+    from tuner.running.api import prefer_loopback
 
     prefer_loopback(getattr(args, "address", None))
     try:

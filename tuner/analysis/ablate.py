@@ -70,7 +70,7 @@ def _train_task(recipe: dict[str, Any], data: Any, cpus: float) -> dict[str, Any
     import torch
 
     from trainables.loop import train
-    from trainables.trainable import recipe_from_config, trial_device
+    from tuner.running.trial import recipe_from_config, trial_device
 
     torch.set_num_threads(max(1, int(cpus)))
     device, _ = trial_device()
@@ -85,7 +85,7 @@ def _run_all(jobs: list[tuple[str, int, Recipe]], recipe: Recipe, cpus: float, g
     import ray
 
     from trainables.data import load_recipe_data
-    from tuner.runner import ray_session
+    from tuner.running.runner import ray_session
 
     data = load_recipe_data(recipe)
     rows = []
@@ -195,7 +195,7 @@ def ablate(recipe: Recipe, *, seeds: int = 3, epochs: int | None = None,
 def default_out(recipe_path: str | Path) -> Path:
     """Beside the recipe when it is an experiment's best_recipe.yaml (so `cnn-tuner report`
     shows the ablation), else ``runs/ablate-<recipe name>``."""
-    from tuner.api import SETTINGS_FILE
+    from tuner.running.settings import SETTINGS_FILE
 
     p = Path(recipe_path)
     if (p.parent / SETTINGS_FILE).is_file():

@@ -20,9 +20,10 @@ from ray.tune import CheckpointConfig, CLIReporter, FailureConfig, RunConfig, Tu
 from search_spaces import Grid, SearchSpace
 from trainables.data import DataSplits, load_recipe_data
 from trainables.errors import ConfigError
-from trainables.trainable import TrialOptions, run_trial
-from tuner.schedulers import PAUSING, SchedulerOptions, build_scheduler, min_open_trials
-from tuner.searchers import build_search
+from tuner.running.schedulers import PAUSING, SchedulerOptions, build_scheduler, min_open_trials
+from tuner.running.searchers import build_search
+from tuner.running.settings import RunSettings, data_recipe
+from tuner.running.trial import TrialOptions, run_trial
 
 # Ray's own chatter that tells a CLI user nothing.
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
@@ -33,8 +34,6 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 
 def load_run_data(space: SearchSpace) -> DataSplits:
     """The run's dataset, loaded on the driver before Ray starts (missing data fails fast)."""
-    from tuner.api import data_recipe
-
     return load_recipe_data(data_recipe(space))
 
 
@@ -66,27 +65,27 @@ class RunInterrupted(KeyboardInterrupt):
                          f"cnn-tuner resume {path}")
 
 
-def expected_trials(settings: Any) -> int:
+def expected_trials(settings: RunSettings, space: SearchSpace) -> int:
     """Trials a complete run has: num_samples x the grid's points (grid knobs multiply)."""
     points = 1
-    for dist in SearchSpace.from_dict(settings.space).tuned.values():
+    for dist in space.tuned.values():
         if isinstance(dist, Grid):
             points *= len(dist.values)
     return settings.num_samples * points
 
 
-def _fit(tuner: Tuner, path: str, settings: Any) -> Any:
+def _fit(tuner: Tuner, path: str, settings: RunSettings, space: SearchSpace) -> Any:
     """Tuner.fit(), raising RunInterrupted if Ray stopped early (SIGINT) with trials left:
     a trial not finished, or fewer trials than the run asks for (not yet suggested)."""
     grid = tuner.fit()
     trials = grid._experiment_analysis.trials  # noqa: SLF001 - Ray exposes no public status
     if (any(t.status not in ("TERMINATED", "ERROR") for t in trials)
-            or len(trials) < expected_trials(settings)):
+            or len(trials) < expected_trials(settings, space)):
         raise RunInterrupted(path)
     return grid
 
 
-def trial_slots(settings: Any) -> int:
+def trial_slots(settings: RunSettings) -> int:
     """How many trials the running Ray cluster can hold at once (at least 1)."""
     resources = ray.cluster_resources()
     slots = resources.get("CPU", 1) / settings.cpus_per_trial
@@ -99,7 +98,7 @@ def _trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def build_trainable(settings: Any, data: DataSplits) -> Any:
+def build_trainable(settings: RunSettings, data: DataSplits) -> Any:
     """The trainable with its resources; the dataset goes into the object store exactly once
     (an ObjectRef handed to with_parameters is passed through, not put again)."""
     # a paused trial resumes from the checkpoint of its last report: save at every report
@@ -110,9 +109,8 @@ def build_trainable(settings: Any, data: DataSplits) -> Any:
                                            "gpu": settings.gpus_per_trial})
 
 
-def _reporter(settings: Any) -> CLIReporter:
+def _reporter(space: SearchSpace) -> CLIReporter:
     """The live trial table: the tuned knobs and the epoch metrics, every 10 s at most."""
-    space = SearchSpace.from_dict(settings.space)
     # conditional knobs are absent from some configs, which Ray's best-trial line can't show
     always = [k for k, d in space.tuned.items() if d.parent is None]
     return CLIReporter(parameter_columns=always[:8],
@@ -122,32 +120,33 @@ def _reporter(settings: Any) -> CLIReporter:
                        print_intermediate_tables=True)
 
 
-def _run_config(settings: Any, storage: str, name: str, verbose: int) -> RunConfig:
+def _run_config(settings: RunSettings, space: SearchSpace, storage: str, name: str,
+                verbose: int) -> RunConfig:
     # PBT clones another trial's checkpoint some time after choosing it, while that trial goes on
     # writing new ones; with num_to_keep Ray deletes the chosen one first and the clone errors
     # ("Could not recover from checkpoint as it does not exist on storage anymore"): keep all.
     keep = None if settings.scheduler == "pbt" else 4
     return RunConfig(
         name=name, storage_path=storage, verbose=verbose,
-        progress_reporter=_reporter(settings) if verbose else None,
+        progress_reporter=_reporter(space) if verbose else None,
         failure_config=FailureConfig(max_failures=settings.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=keep),
     )
 
 
-def _scheduler(settings: Any, space: SearchSpace) -> Any:
+def _scheduler(settings: RunSettings, space: SearchSpace) -> Any:
     return build_scheduler(settings.scheduler, settings.max_epochs,
                            SchedulerOptions(**settings.scheduler_options), space,
-                           num_trials=expected_trials(settings))
+                           num_trials=expected_trials(settings, space))
 
 
-def _search_plan(settings: Any, space: SearchSpace, max_concurrent: int) -> Any:
+def _search_plan(settings: RunSettings, space: SearchSpace, max_concurrent: int) -> Any:
     return build_search(settings.searcher, space, seed=settings.seed,
                         num_samples=settings.num_samples, metric=settings.metric,
                         mode=settings.mode, max_concurrent=max_concurrent)
 
 
-def run_experiment(settings: Any, space: SearchSpace, *, storage: str, name: str,
+def run_experiment(settings: RunSettings, space: SearchSpace, *, storage: str, name: str,
                    address: str | None, resume: bool, verbose: int) -> tuple[Any, str]:
     """Fit a new experiment (or resume it when ``resume`` and it exists)."""
     path = f"{storage.rstrip('/')}/{name}"
@@ -157,7 +156,7 @@ def run_experiment(settings: Any, space: SearchSpace, *, storage: str, name: str
                           f"{path}` (or pass --resume), or choose another --name")
     plan = _search_plan(settings, space, settings.max_concurrent or 0)  # validates before Ray
     scheduler = _scheduler(settings, space)
-    open_trials, why = min_open_trials(scheduler, expected_trials(settings))
+    open_trials, why = min_open_trials(scheduler, expected_trials(settings, space))
     if settings.max_concurrent and settings.max_concurrent < open_trials:
         raise ConfigError(f"--max-concurrent: scheduler {settings.scheduler!r} pauses trials and "
                           f"{why}, so it needs at least {open_trials} trials open at once, got "
@@ -179,8 +178,8 @@ def run_experiment(settings: Any, space: SearchSpace, *, storage: str, name: str
                 scheduler=scheduler, num_samples=settings.num_samples,
                 max_concurrent_trials=plan.max_concurrent_trials, reuse_actors=True,
                 trial_dirname_creator=_trial_dirname),
-            run_config=_run_config(settings, storage, name, verbose))
-        return _fit(tuner, path, settings), path
+            run_config=_run_config(settings, space, storage, name, verbose))
+        return _fit(tuner, path, settings, space), path
 
 
 def check_experiment_state(path: str) -> None:
@@ -202,17 +201,17 @@ def check_experiment_state(path: str) -> None:
                           where=str(states[-1])) from None
 
 
-def _check_storage(storage: str, settings: Any) -> None:
+def _check_storage(storage: str, settings: RunSettings) -> None:
     """On a Ray we joined (a cluster), refuse node-local storage when trials may run on
-    several nodes (tuner.cluster); a Ray this run starts itself is one node."""
-    from tuner.cluster import check_shared_storage
+    several nodes (tuner.running.cluster); a Ray this run starts itself is one node."""
+    from tuner.running.cluster import check_shared_storage
 
     resources = {"CPU": settings.cpus_per_trial, "GPU": settings.gpus_per_trial}
     check_shared_storage(storage, shared_storage=settings.shared_storage,
                          trial_resources={k: v for k, v in resources.items() if v})
 
 
-def _restore(path: str, settings: Any, space: SearchSpace, data: DataSplits,
+def _restore(path: str, settings: RunSettings, space: SearchSpace, data: DataSplits,
              verbose: int) -> Any:
     check_experiment_state(path)
     # Ray saves the param space with its sample_from functions replaced by placeholders and, on
@@ -231,14 +230,12 @@ def _restore(path: str, settings: Any, space: SearchSpace, data: DataSplits,
         raise ConfigError(f"corrupt Ray Tune experiment state, cannot resume "
                           f"({type(e).__name__}: {str(e).splitlines()[0][:160]})",
                           where=where) from None
-    return _fit(tuner, path, settings)
+    return _fit(tuner, path, settings, space)
 
 
 def restore_experiment(path: str | Path, *, address: str | None,
-                       verbose: int) -> tuple[Any, Any, str]:
+                       verbose: int) -> tuple[Any, RunSettings, str]:
     """Resume an experiment folder written by `cnn-tuner run`."""
-    from tuner.api import RunSettings
-
     path = str(Path(path).expanduser().resolve()) if "://" not in str(path) else str(path)
     settings = RunSettings.load(path)
     if not Tuner.can_restore(path):

@@ -7,10 +7,9 @@ A run is: validate the space -> load the data once on the driver -> put it in th
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,50 +17,12 @@ from typing import Any
 from search_spaces import SearchSpace, load_space
 from trainables.errors import ConfigError
 from trainables.models import require_weights
-from trainables.recipe import DATA_KNOBS, KNOBS, Recipe
-from tuner import storage
-from tuner.results import TuneResult, collect_results
-from tuner.schedulers import PAUSING, SchedulerOptions, check_pairing
+from trainables.recipe import KNOBS
+from tuner.running.results import TuneResult, collect_results
+from tuner.running.schedulers import SchedulerOptions
+from tuner.running.settings import RunSettings, possible_values
 
 DEFAULT_STORAGE = "cnn-tuner-results"
-SETTINGS_FILE = "cnn_tuner_run.json"
-
-
-@dataclass
-class RunSettings:
-    """Everything that defines a tuning run; saved beside Ray's state so `resume` can rebuild it."""
-
-    space: dict[str, Any]
-    searcher: str = "tpe"
-    scheduler: str = "asha"
-    num_samples: int = 16
-    max_epochs: int = 12
-    metric: str = "val_acc"
-    mode: str = "max"
-    cpus_per_trial: float = 1
-    gpus_per_trial: float = 0
-    max_concurrent: int | None = None
-    seed: int = 0
-    max_failures: int = 2
-    checkpoint_every: int = 1
-    scheduler_options: dict[str, Any] = field(default_factory=dict)
-    shared_storage: bool = False  # every cluster node sees the storage path (tuner.cluster)
-
-    def save(self, path: str) -> None:
-        storage.write_text(storage.join(path, SETTINGS_FILE),
-                           json.dumps(asdict(self), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, path: str) -> RunSettings:
-        f = storage.join(path, SETTINGS_FILE)
-        text = storage.read_text(f)
-        if text is None:
-            raise ConfigError(f"not a cnn-tuner experiment folder (no {SETTINGS_FILE})",
-                              where=str(path))
-        try:
-            return cls(**json.loads(text))
-        except (json.JSONDecodeError, TypeError) as e:
-            raise ConfigError(f"corrupt run settings ({e})", where=f) from None
 
 
 def resolve_space(space: SearchSpace | dict | str | Path, *, dataset: str | None = None,
@@ -90,54 +51,6 @@ def resolve_space(space: SearchSpace | dict | str | Path, *, dataset: str | None
                 key == "data_dir" or Path(value).exists()):
             base[key] = str(Path(value).expanduser().resolve())
     return SearchSpace.from_dict(base)
-
-
-def data_recipe(space: SearchSpace) -> Recipe:
-    """The Recipe holding only the space's data knobs: every trial shares its dataset."""
-    return Recipe.from_dict({k: v for k, v in space.fixed.items() if k in DATA_KNOBS})
-
-
-def possible_values(space: SearchSpace, knob: str) -> set[Any]:
-    """Every value ``knob`` can take in trials of ``space`` (its default when not in it)."""
-    if knob in space.fixed:
-        return {space.fixed[knob]}
-    dist = space.tuned.get(knob)
-    if dist is None:
-        return {KNOBS[knob].default}
-    return set(getattr(dist, "values", ())) | {KNOBS[knob].default} if dist.parent else \
-        set(getattr(dist, "values", ()))
-
-
-def _check_resources(space: SearchSpace, settings: RunSettings) -> None:
-    if settings.cpus_per_trial <= 0:
-        raise ConfigError(f"--cpus-per-trial: must be > 0, got {settings.cpus_per_trial}")
-    if settings.gpus_per_trial < 0:
-        raise ConfigError(f"--gpus-per-trial: must be >= 0, got {settings.gpus_per_trial}")
-    if settings.gpus_per_trial > 1 and settings.gpus_per_trial != int(settings.gpus_per_trial):
-        raise ConfigError("--gpus-per-trial: above 1 it must be a whole number, got "
-                          f"{settings.gpus_per_trial}")
-    if settings.num_samples < 1:
-        raise ConfigError(f"--num-samples: must be >= 1, got {settings.num_samples}")
-    if settings.max_concurrent is not None and settings.max_concurrent < 1:
-        raise ConfigError(f"--max-concurrent: must be >= 1, got {settings.max_concurrent}")
-    if settings.mode not in ("min", "max"):
-        raise ConfigError(f"mode: must be 'min' or 'max', got {settings.mode!r}")
-    if settings.checkpoint_every < 1:
-        raise ConfigError(f"--checkpoint-every: must be >= 1 epoch, got "
-                          f"{settings.checkpoint_every}")
-    if settings.max_failures < -1:
-        raise ConfigError(f"--max-failures: must be >= 0 (or -1: retry forever), got "
-                          f"{settings.max_failures}")
-    if not 0 <= settings.seed < 2**32:
-        raise ConfigError(f"--seed: must be in [0, 2**32), got {settings.seed}")
-    if settings.scheduler in PAUSING and settings.checkpoint_every != 1:
-        raise ConfigError(f"--checkpoint-every: scheduler {settings.scheduler!r} pauses trials and "
-                          "resumes them from the checkpoint of their last epoch, so it needs 1, "
-                          f"got {settings.checkpoint_every}")
-    check_pairing(settings.searcher, settings.scheduler)
-    if settings.gpus_per_trial == 0 and "fp16" in possible_values(space, "precision"):
-        raise ConfigError("knob 'precision': the space allows fp16, which needs a CUDA device, "
-                          "but --gpus-per-trial is 0")
 
 
 def _check_gpus(gpus_per_trial: float, address: str | None) -> None:
@@ -194,10 +107,10 @@ def tune(space: SearchSpace | dict | str | Path = "quick", *, dataset: str | Non
     before Ray starts; errors are ``ConfigError`` with one line naming the knob and the rule.
     On a multi-node cluster (``address``) ``storage`` must be shared: a URI (``s3://...``), a
     network file system, or a path declared shared with ``shared_storage=True`` (or the
-    environment variable ``CNN_TUNER_SHARED_STORAGE=1``); see ``tuner.cluster``.
+    environment variable ``CNN_TUNER_SHARED_STORAGE=1``); see ``tuner.running.cluster``.
     """
     prefer_loopback(address)
-    from tuner.runner import run_experiment  # imports Ray: keep `import tuner` light
+    from tuner.running.runner import run_experiment  # imports Ray: keep `import tuner` light
 
     space_obj = resolve_space(space, dataset=dataset, data_dir=data_dir, max_epochs=max_epochs,
                               fixed=fixed)
@@ -213,7 +126,7 @@ def tune(space: SearchSpace | dict | str | Path = "quick", *, dataset: str | Non
         max_concurrent=max_concurrent, seed=seed, max_failures=max_failures,
         checkpoint_every=checkpoint_every, shared_storage=shared_storage,
         scheduler_options=asdict(scheduler_options or SchedulerOptions()))
-    _check_resources(space_obj, settings)
+    settings.validate(space_obj)
     require_weights(possible_values(space_obj, "model"), possible_values(space_obj, "pretrained"),
                     download=all(possible_values(space_obj, "download")))
     _check_gpus(gpus_per_trial, address)
@@ -236,7 +149,7 @@ def resume(path: str | Path, *, address: str | None = None, verbose: int = 1) ->
     """Finish an interrupted experiment: unfinished trials resume from their checkpoints,
     errored ones restart, the searcher keeps its history."""
     prefer_loopback(address)
-    from tuner.runner import restore_experiment
+    from tuner.running.runner import restore_experiment
 
     if not 0 <= verbose <= 3:
         raise ConfigError(f"--verbose: must be 0, 1, 2 or 3, got {verbose}")

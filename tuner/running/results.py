@@ -17,13 +17,16 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from trainables.errors import ConfigError
 from trainables.recipe import KNOBS, Recipe
-from tuner import storage
+from tuner.running import storage
+
+if TYPE_CHECKING:
+    from tuner.running.settings import RunSettings
 
 METRIC_COLUMNS = ("val_acc", "val_loss", "train_acc", "train_loss", "test_acc",
                   "images_per_s")
@@ -92,7 +95,7 @@ def pick_best(df: pd.DataFrame, metric: str, mode: str) -> pd.Series | None:
     return pool.loc[idx]
 
 
-def collect_results(result_grid: Any, settings: Any, path: str,
+def collect_results(result_grid: Any, settings: RunSettings, path: str,
                     wall_time_s: float) -> TuneResult:
     """Build the trial table, pick the best, write results.csv / best_recipe.yaml /
     summary.json into the experiment folder."""

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from trainables.errors import ConfigError
-from tuner import storage as storage_paths
+from tuner.running import storage as storage_paths
 
 SHARED_STORAGE_ENV = "CNN_TUNER_SHARED_STORAGE"
 # /proc/mounts file system types whose files every node that mounts them sees

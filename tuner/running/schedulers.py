@@ -21,7 +21,7 @@ from ray.tune.schedulers import (
 
 from search_spaces import ClipToSpace, SearchSpace, pbt_mutations
 from trainables.errors import ConfigError
-from tuner.hyperband import FilledHyperBand
+from tuner.running.hyperband import FilledHyperBand
 
 TIME_ATTR = "training_iteration"
 

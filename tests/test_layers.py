@@ -1,0 +1,44 @@
+"""The layers run one way: trainables (the engine, no Ray) -> search_spaces -> tuner, and inside
+tuner: cli -> analysis -> running. Each check imports every module of a package in a fresh
+interpreter and looks at what came with it."""
+
+import subprocess
+import sys
+
+import pytest
+
+_IMPORT_ALL = """
+import importlib, pkgutil, sys
+pkg = importlib.import_module({package!r})
+for mod in pkgutil.walk_packages(pkg.__path__, {package!r} + "."):
+    if not mod.name.endswith("__main__"):
+        importlib.import_module(mod.name)
+print(" ".join(sorted(sys.modules)))
+"""
+
+
+def _modules_after_importing(package: str) -> set[str]:
+    out = subprocess.run([sys.executable, "-c", _IMPORT_ALL.format(package=package)],
+                         capture_output=True, text=True, timeout=300, check=True)
+    return set(out.stdout.split())
+
+
+def _top(names: set[str]) -> set[str]:
+    return {n.split(".")[0] for n in names}
+
+
+def test_trainables_runs_without_ray_or_the_layers_above():
+    loaded = _top(_modules_after_importing("trainables"))
+    assert not loaded & {"ray", "tuner", "search_spaces"}, loaded & {"ray", "tuner",
+                                                                     "search_spaces"}
+
+
+def test_search_spaces_import_no_tuner():
+    assert "tuner" not in _top(_modules_after_importing("search_spaces"))
+
+
+@pytest.mark.parametrize(("package", "above"), [("tuner.running", ("tuner.analysis", "tuner.cli")),
+                                                ("tuner.analysis", ("tuner.cli",))])
+def test_tuner_folders_import_one_way(package, above):
+    loaded = _modules_after_importing(package)
+    assert not {m for m in loaded if m.startswith(above)}

@@ -1,0 +1,2 @@
+"""Reading a finished (or running) experiment: the HTML report, its plots, knob importance, and
+ablation of a recipe's strategies."""

@@ -1,0 +1,109 @@
+"""The run settings: everything that defines a tuning run besides its space, their validation
+(resources, counts, searcher/scheduler pairing), and the facts about a space the runner needs.
+Saved beside Ray's state, so `resume` rebuilds the run from them; neither api nor runner needs the
+other's internals.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from search_spaces import SearchSpace
+from trainables.errors import ConfigError
+from trainables.recipe import DATA_KNOBS, KNOBS, Recipe
+from tuner.running import storage
+from tuner.running.schedulers import PAUSING, check_pairing
+
+SETTINGS_FILE = "cnn_tuner_run.json"
+
+
+@dataclass
+class RunSettings:
+    """Everything that defines a tuning run; saved beside Ray's state so `resume` can rebuild it."""
+
+    space: dict[str, Any]
+    searcher: str = "tpe"
+    scheduler: str = "asha"
+    num_samples: int = 16
+    max_epochs: int = 12
+    metric: str = "val_acc"
+    mode: str = "max"
+    cpus_per_trial: float = 1
+    gpus_per_trial: float = 0
+    max_concurrent: int | None = None
+    seed: int = 0
+    max_failures: int = 2
+    checkpoint_every: int = 1
+    scheduler_options: dict[str, Any] = field(default_factory=dict)
+    shared_storage: bool = False  # every cluster node sees the storage path (tuner.running.cluster)
+
+    def validate(self, space: SearchSpace) -> None:
+        """Refuse settings no run can use, in one line (resources, counts, pairings, fp16)."""
+        _validate(self, space)
+
+    def save(self, path: str) -> None:
+        storage.write_text(storage.join(path, SETTINGS_FILE),
+                           json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str) -> RunSettings:
+        f = storage.join(path, SETTINGS_FILE)
+        text = storage.read_text(f)
+        if text is None:
+            raise ConfigError(f"not a cnn-tuner experiment folder (no {SETTINGS_FILE})",
+                              where=str(path))
+        try:
+            return cls(**json.loads(text))
+        except (json.JSONDecodeError, TypeError) as e:
+            raise ConfigError(f"corrupt run settings ({e})", where=f) from None
+
+
+def data_recipe(space: SearchSpace) -> Recipe:
+    """The Recipe holding only the space's data knobs: every trial shares its dataset."""
+    return Recipe.from_dict({k: v for k, v in space.fixed.items() if k in DATA_KNOBS})
+
+
+def possible_values(space: SearchSpace, knob: str) -> set[Any]:
+    """Every value ``knob`` can take in trials of ``space`` (its default when not in it)."""
+    if knob in space.fixed:
+        return {space.fixed[knob]}
+    dist = space.tuned.get(knob)
+    if dist is None:
+        return {KNOBS[knob].default}
+    return set(getattr(dist, "values", ())) | {KNOBS[knob].default} if dist.parent else \
+        set(getattr(dist, "values", ()))
+
+
+def _validate(settings: RunSettings, space: SearchSpace) -> None:
+    """Every rule of a run's settings, checked before Ray starts (names are the CLI's flags)."""
+    if settings.cpus_per_trial <= 0:
+        raise ConfigError(f"--cpus-per-trial: must be > 0, got {settings.cpus_per_trial}")
+    if settings.gpus_per_trial < 0:
+        raise ConfigError(f"--gpus-per-trial: must be >= 0, got {settings.gpus_per_trial}")
+    if settings.gpus_per_trial > 1 and settings.gpus_per_trial != int(settings.gpus_per_trial):
+        raise ConfigError("--gpus-per-trial: above 1 it must be a whole number, got "
+                          f"{settings.gpus_per_trial}")
+    if settings.num_samples < 1:
+        raise ConfigError(f"--num-samples: must be >= 1, got {settings.num_samples}")
+    if settings.max_concurrent is not None and settings.max_concurrent < 1:
+        raise ConfigError(f"--max-concurrent: must be >= 1, got {settings.max_concurrent}")
+    if settings.mode not in ("min", "max"):
+        raise ConfigError(f"mode: must be 'min' or 'max', got {settings.mode!r}")
+    if settings.checkpoint_every < 1:
+        raise ConfigError(f"--checkpoint-every: must be >= 1 epoch, got "
+                          f"{settings.checkpoint_every}")
+    if settings.max_failures < -1:
+        raise ConfigError(f"--max-failures: must be >= 0 (or -1: retry forever), got "
+                          f"{settings.max_failures}")
+    if not 0 <= settings.seed < 2**32:
+        raise ConfigError(f"--seed: must be in [0, 2**32), got {settings.seed}")
+    if settings.scheduler in PAUSING and settings.checkpoint_every != 1:
+        raise ConfigError(f"--checkpoint-every: scheduler {settings.scheduler!r} pauses trials and "
+                          "resumes them from the checkpoint of their last epoch, so it needs 1, "
+                          f"got {settings.checkpoint_every}")
+    check_pairing(settings.searcher, settings.scheduler)
+    if settings.gpus_per_trial == 0 and "fp16" in possible_values(space, "precision"):
+        raise ConfigError("knob 'precision': the space allows fp16, which needs a CUDA device, "
+                          "but --gpus-per-trial is 0")
