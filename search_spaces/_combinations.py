@@ -51,7 +51,10 @@ def check_combinations(space: SearchSpace) -> None:
     else:
         pairs = [(d_list[i % len(d_list)], n_list[rng.randrange(len(n_list))])
                  for i in range(MAX_CONFIGS)]
+    from trainables.models import check_runnable  # torchvision: only when a space is checked
+
     seen: set[str] = set()
+    checked: set[tuple[str, str]] = set()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # advice such as "step_size >= epochs" is not an error
         for d, n in pairs:
@@ -66,7 +69,10 @@ def check_combinations(space: SearchSpace) -> None:
                 continue
             seen.add(key)
             try:
-                Recipe.from_dict(config)
+                recipe = Recipe.from_dict(config)
+                if (recipe.model, recipe.pretrained) not in checked:  # opens files: once a pair
+                    checked.add((recipe.model, recipe.pretrained))
+                    check_runnable(recipe.model, recipe.pretrained)
             except ConfigError as e:
                 named = _named_knobs(str(e), config, tuned) or [k for k in tuned if k in config]
                 shown = " ".join(f"{k}={config[k]!r}" for k in named)

@@ -42,3 +42,16 @@ def test_search_spaces_import_no_tuner():
 def test_tuner_folders_import_one_way(package, above):
     loaded = _modules_after_importing(package)
     assert not {m for m in loaded if m.startswith(above)}
+
+
+def test_building_a_recipe_opens_no_model_code():
+    """The Recipe's rules are pure: no torchvision, no model registry, no file opened (the space
+    check builds hundreds of Recipes; trainables.models.check_runnable runs once per pair)."""
+    code = ("import sys; from trainables.recipe import Recipe; "
+            "Recipe.from_dict({'model': 'resnet18', 'pretrained': 'IMAGENET1K_V1', "
+            "'freeze': 'backbone'}); "
+            "print(' '.join(sorted(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True)
+    loaded = set(out.stdout.split())
+    assert not loaded & {"torchvision", "trainables.models"}

@@ -10,16 +10,20 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from trainables.data import load_data
 from trainables.errors import ConfigError
+from trainables.loop import Trainer
 from trainables.models import (
     apply_freeze,
     backbone_blocks,
     build_model,
     check_model_name,
+    check_runnable,
     head_module,
     list_models,
     param_groups,
 )
+from trainables.recipe import Recipe
 
 TORCHVISION = ["resnet18", "mobilenet_v3_small"]
 ALL = [*list_models(), *TORCHVISION]
@@ -288,6 +292,20 @@ def test_check_model_name_accepts_valid_combinations() -> None:
     check_model_name("simple_cnn")
     check_model_name("resnet18", "IMAGENET1K_V1")
     check_model_name("efficientnet_b0", "DEFAULT")
+
+
+def test_check_runnable_is_the_one_place_for_models_and_files(tmp_path) -> None:
+    """The Recipe's own rules are pure (no file, no torchvision); whether its model can be built
+    here is checked in one place, which the loop, the space check and the trials call."""
+    recipe = Recipe.from_dict({"pretrained": str(tmp_path / "gone.pt")})  # a pure rule: accepted
+    with pytest.raises(ConfigError, match=f"no checkpoint file at {tmp_path}/gone.pt"):
+        check_runnable(recipe.model, recipe.pretrained)
+    with pytest.raises(ConfigError, match="unknown model 'resnet_smal'"):
+        check_runnable("resnet_smal")
+    with pytest.raises(ConfigError, match="unknown model"):  # the loop calls it first
+        Trainer(Recipe.from_dict({"model": "resnet_smal", "width": 8}), load_data("digits"),
+                torch.device("cpu"))
+    check_runnable("resnet18", "IMAGENET1K_V1")  # a recipe check: the cache is not looked at
 
 
 def test_unknown_model_lists_valid_names() -> None:

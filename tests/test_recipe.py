@@ -57,7 +57,6 @@ def test_numpy_scalars_are_accepted():
      "knob 'freeze': must be none, backbone or a block count"),
     ({"optimizer": "nesterov", "momentum": 0.0}, "nesterov needs momentum > 0"),
     ({"warmup_epochs": 12, "epochs": 12}, "knob 'warmup_epochs': must be < epochs (12)"),
-    ({"pretrained": "/nonexistent/model.pt"}, "no checkpoint file at '/nonexistent/model.pt'"),
     ({"precision": "fp8"}, "knob 'precision'"),
     ({"val_fraction": 0.0}, "knob 'val_fraction': must be in (0, 0.5]"),
     ({"gamma": float("nan")}, "knob 'gamma'"),

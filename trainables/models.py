@@ -32,9 +32,9 @@ from trainables.errors import ConfigError
 from trainables.recipe import is_weights_name
 from trainables.small_models import ResNetSmall, SimpleCNN
 
-__all__ = ["apply_freeze", "backbone_blocks", "build_model", "check_model_name", "head_module",
-           "list_models", "missing_weights", "missing_weights_error", "param_groups",
-           "register_model", "require_weights"]
+__all__ = ["apply_freeze", "backbone_blocks", "build_model", "check_model_name", "check_runnable",
+           "head_module", "list_models", "missing_weights", "missing_weights_error",
+           "param_groups", "register_model", "require_weights"]
 
 ModelBuilder = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelBuilder] = {}
@@ -430,6 +430,25 @@ def missing_weights_error(missing: Iterable[str], *, node: str | None = None) ->
     if files:
         parts.append(f"no checkpoint file{on} at {', '.join(files)}")
     return ConfigError("knob 'pretrained': " + "; ".join(parts))
+
+
+def check_runnable(model: str, pretrained: str = "none", *, download: bool | None = None,
+                   node: str | None = None) -> None:
+    """Whether a recipe's model can be built here, in one place (the Recipe's own rules are pure):
+    the model exists, ``pretrained`` is a weights name it has or a checkpoint file holding it, and,
+    unless ``download`` is None (a check of the recipe, not of this machine), its weights file is
+    on this machine or may be downloaded. The loop calls it before building anything, the space
+    check once per (model, pretrained) pair a space can produce, a trial with its ``node``."""
+    if pretrained != "none" and not is_weights_name(pretrained) and not Path(pretrained).is_file():
+        on = f" on node {node}" if node else ""
+        raise ConfigError(f"knob 'pretrained': no checkpoint file{on} at {pretrained} (expected "
+                          "a checkpoint.pt written by `cnn-tuner train`, or a torchvision weights "
+                          "name such as IMAGENET1K_V1)")
+    check_model_name(model, pretrained)
+    if download is not None:
+        missing = missing_weights(model, pretrained, download)
+        if missing:
+            raise missing_weights_error(missing, node=node)
 
 
 def require_weights(models: Iterable[str], pretrained: Iterable[str], *,

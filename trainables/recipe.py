@@ -203,7 +203,8 @@ class Recipe:
         return Recipe.from_dict({**self.to_dict(), **changes})
 
     def validate(self) -> None:
-        """Conditional rules between knobs (ranges are checked per knob in ``coerce``)."""
+        """Conditional rules between knobs (ranges are checked per knob in ``coerce``). Pure:
+        whether the model and its weights exist is ``trainables.models.check_runnable``'s job."""
         if self.freeze != "none" and self.pretrained == "none":
             raise ConfigError(f"knob 'freeze': {self.freeze!r} needs 'pretrained' (weights to "
                               "keep frozen), but pretrained is 'none'")
@@ -216,14 +217,6 @@ class Recipe:
         if self.warmup_epochs >= self.epochs:
             raise ConfigError(f"knob 'warmup_epochs': must be < epochs ({self.epochs}), got "
                               f"{self.warmup_epochs}")
-        if self.pretrained != "none" and not is_weights_name(self.pretrained):
-            if not Path(self.pretrained).is_file():
-                raise ConfigError(f"knob 'pretrained': no checkpoint file at {self.pretrained!r} "
-                                  "(expected a checkpoint.pt written by `cnn-tuner train`, or a "
-                                  "torchvision weights name such as IMAGENET1K_V1)")
-        from trainables.models import check_model_name  # lazy: keeps this module light
-
-        check_model_name(self.model, self.pretrained)
         if self.lr_schedule == "step" and self.step_size >= self.epochs:
             warnings.warn(f"knob 'step_size' ({self.step_size}) >= epochs ({self.epochs}): the "
                           "step schedule never decays the LR", stacklevel=2)

@@ -47,6 +47,7 @@ def _train_device(device: str | None) -> str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from trainables.models import check_runnable
     from trainables.recipe import Recipe
     from tuner.cli.train_run import train_to_dir
 
@@ -58,6 +59,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     device = _train_device(args.device)
     try:
         recipe.check_device(device.split(":")[0])
+        check_runnable(recipe.model, recipe.pretrained, download=recipe.download)
     except ConfigError as e:
         raise e.at(args.recipe or "--set") from None
     out = Path(args.out or f"runs/train-{datetime.now():%Y%m%d-%H%M%S}")

@@ -25,8 +25,8 @@ from ray import tune
 from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.data import DataSplits
 from trainables.loop import train
-from trainables.models import missing_weights, missing_weights_error
-from trainables.recipe import KNOBS, Recipe
+from trainables.models import check_runnable
+from trainables.recipe import Recipe
 
 CHECKPOINT_FILE = "checkpoint.pt"
 _warned_no_cuda = False
@@ -84,22 +84,12 @@ def node_name() -> str:
     return f"{host} ({ray.util.get_node_ip_address()})" if ray.is_initialized() else host
 
 
-def check_weights_here(config: dict[str, Any]) -> None:
-    """The driver checked the weights files on the head; a worker whose cache (or file system)
-    differs still lacks them: refuse naming this node, before building anything."""
-    def knob(name: str) -> Any:
-        return KNOBS[name].default if config.get(name) is None else config[name]
-
-    missing = missing_weights(knob("model"), knob("pretrained"), bool(knob("download")))
-    if missing:
-        raise missing_weights_error(missing, node=node_name())
-
-
 def run_trial(config: dict[str, Any], data: DataSplits | None = None,
               options: TrialOptions = TrialOptions()) -> None:
     """Ray Tune function trainable. ``data`` comes from the object store via with_parameters."""
-    check_weights_here(config)
     recipe = recipe_from_config(config)
+    # the driver checked the head; a worker whose cache or file system differs names itself
+    check_runnable(recipe.model, recipe.pretrained, download=recipe.download, node=node_name())
     # one line per checkpoint from Ray Train's storage logger drowns the progress table
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     torch.set_num_threads(_trial_cpus())
