@@ -27,7 +27,6 @@ every converter in ``convert`` must reproduce.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ import yaml
 
 from search_spaces._combinations import check_combinations
 from search_spaces.distributions import Choice, Distribution, Grid, Rng, _same
-from trainables.errors import ConfigError
+from trainables.errors import ConfigError, did_you_mean
 from trainables.recipe import DATA_KNOBS, KNOBS, KnobSpec, load_yaml_mapping
 
 __all__ = ["SearchSpace", "SpaceError", "active_knobs", "sample"]
@@ -60,8 +59,7 @@ def _knob_error(knob: str, error: ConfigError | str) -> SpaceError:
 
 
 def _suggest(name: str) -> str:
-    close = difflib.get_close_matches(name, KNOBS, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return did_you_mean(name, KNOBS)
 
 
 def _check_known(name: Any, what: str) -> KnobSpec:

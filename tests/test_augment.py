@@ -60,9 +60,9 @@ def test_enabled_only_when_some_transform_does_something():
 
 
 def test_bad_config_and_inputs_name_the_rule():
-    with pytest.raises(ConfigError, match="crop must be one of"):
+    with pytest.raises(ConfigError, match="knob 'aug_crop': must be one of"):
         AugmentConfig(crop="center")
-    with pytest.raises(ConfigError, match=r"hflip must be in \[0, 1\], got 1.5"):
+    with pytest.raises(ConfigError, match=r"knob 'aug_hflip': must be in \[0, 1\], got 1.5"):
         AugmentConfig(hflip=1.5)
     with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
         Augmenter(AugmentConfig(hflip=1.0))(torch.rand(3, 8, 8), gen())

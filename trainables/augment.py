@@ -26,6 +26,7 @@ the cutmix box) is drawn per image.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from trainables.errors import ConfigError
-from trainables.recipe import CROPS
+from trainables.recipe import KNOBS
 
 # ITU-R 601 luma weights, as torchvision's rgb_to_grayscale.
 _LUMA = (0.2989, 0.587, 0.114)
@@ -64,19 +65,12 @@ class AugmentConfig:
     random_erasing: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.crop not in CROPS:
-            raise ConfigError(f"crop must be one of {', '.join(CROPS)}, got {self.crop!r}",
-                              where="AugmentConfig")
-        checks = {"crop_padding": (self.crop_padding, 0, math.inf),
-                  "crop_scale_min": (self.crop_scale_min, 1e-9, 1.0),
-                  "hflip": (self.hflip, 0.0, 1.0), "vflip": (self.vflip, 0.0, 1.0),
-                  "rotation": (self.rotation, 0.0, 180.0),
-                  "color_jitter": (self.color_jitter, 0.0, 1.0),
-                  "random_erasing": (self.random_erasing, 0.0, 1.0)}
-        for name, (value, low, high) in checks.items():
-            if not low <= value <= high:
-                raise ConfigError(f"{name} must be in [{low:g}, {high:g}], got {value!r}",
-                                  where="AugmentConfig")
+        # the rules are the Recipe knobs' (aug_<field>): one place for every range
+        for f in dataclasses.fields(self):
+            try:
+                KNOBS[f"aug_{f.name}"].coerce(getattr(self, f.name))
+            except ConfigError as e:
+                raise e.at("AugmentConfig") from None
 
     @classmethod
     def from_recipe(cls, recipe: Any) -> AugmentConfig:

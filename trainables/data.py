@@ -34,6 +34,7 @@ from trainables.dataset_files import (
     load_imagefolder,
 )
 from trainables.errors import ConfigError
+from trainables.recipe import DATASETS, KNOBS
 
 TEST_FRACTION = 0.2  # held-out test share for datasets without an official test split
 _CHUNK_ELEMENTS = 1 << 22  # float work is done in chunks of ~4M values (16 MB) to bound memory
@@ -76,12 +77,14 @@ class DataSplits:
 
 
 Loader = Callable[..., RawData]  # loader(root: Path, *, download: bool, image_size: int, seed: int)
-DATASETS: dict[str, Loader] = {}
+_LOADERS: dict[str, Loader] = {}  # one per name of trainables.recipe.DATASETS (the one list)
 
 
 def _register(name: str) -> Callable[[Loader], Loader]:
+    assert name in DATASETS, f"{name!r}: add it to trainables.recipe.DATASETS"  # internal
+
     def add(fn: Loader) -> Loader:
-        DATASETS[name] = fn
+        _LOADERS[name] = fn
         return fn
     return add
 
@@ -98,17 +101,12 @@ def load_data(dataset: str, *, data_dir: str = "data", download: bool = False,
     20% as test. ``val_fraction`` of what remains for training becomes the validation split.
     Images are resized to ``image_size`` squares (bilinear, antialiased when shrinking).
     """
-    if dataset not in DATASETS:
-        raise ConfigError(f"knob 'dataset': unknown dataset {dataset!r}; valid datasets: "
-                          f"{', '.join(list_datasets())}")
-    if not 0.0 < val_fraction < 1.0:
-        raise ConfigError(f"knob 'val_fraction': must be in (0, 1), got {val_fraction!r}")
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise ConfigError(f"knob 'image_size': must be a positive integer, got {image_size!r}")
-    if isinstance(split_seed, bool) or not isinstance(split_seed, int) or split_seed < 0:
-        raise ConfigError(f"knob 'split_seed': must be an integer >= 0, got {split_seed!r}")
+    # the rules are the Recipe knobs': one place for every name and range
+    for name, value in (("dataset", dataset), ("val_fraction", val_fraction),
+                        ("image_size", image_size), ("split_seed", split_seed)):
+        KNOBS[name].coerce(value)
 
-    raw = DATASETS[dataset](Path(data_dir), download=download, image_size=image_size,
+    raw = _LOADERS[dataset](Path(data_dir), download=download, image_size=image_size,
                             seed=split_seed)
     # Independent streams: changing how val is carved never changes the test split.
     tr_x, tr_y = raw.train_x, raw.train_y
@@ -276,3 +274,6 @@ def _cifar100(root: Path, *, download: bool, image_size: int, seed: int) -> RawD
 @_register("imagefolder")
 def _imagefolder(root: Path, *, download: bool, image_size: int, seed: int) -> RawData:
     return load_imagefolder(root, image_size)
+
+
+assert set(_LOADERS) == set(DATASETS), "every dataset name needs a loader"  # internal invariant

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from trainables.errors import ConfigError
+from trainables.errors import ConfigError, first_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -59,8 +59,7 @@ def _ensure_files(folder: Path, files: list[str], *, name: str, root: Path, down
                 try:
                     fetch()
                 except (OSError, RuntimeError) as e:
-                    first = str(e).splitlines()[0] if str(e) else type(e).__name__
-                    raise ConfigError(f"downloading {name} failed ({first}); check the "
+                    raise ConfigError(f"downloading {name} failed ({first_line(e)}); check the "
                                       "network or put the files there yourself",
                                       where=str(folder)) from None
     lacking = missing()
@@ -184,7 +183,7 @@ def _unpickle_cifar(path: Path) -> dict[str, Any]:
         raise
     except Exception as e:  # noqa: BLE001 - a garbled pickle can raise almost anything
         raise ConfigError(f"truncated or garbled CIFAR pickle ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''})", where=str(path)) from None
+                          f"{first_line(e) if str(e) else ''})", where=str(path)) from None
     if not isinstance(obj, dict):
         raise ConfigError(f"a CIFAR file holds a dict, got {type(obj).__name__}", where=str(path))
     return {k.decode("latin1") if isinstance(k, bytes) else str(k): v for k, v in obj.items()}
@@ -262,7 +261,7 @@ def _decode(path: Path, size: int) -> np.ndarray:
             im = im.crop((left, top, left + size, top + size))
             return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ConfigError(f"cannot decode image ({type(e).__name__}: {e})".splitlines()[0],
+        raise ConfigError(f"cannot decode image ({type(e).__name__}: {first_line(e)})",
                           where=str(path)) from None
 
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from trainables.augment import AugmentConfig, Augmenter, mix_batch
 from trainables.data import DataSplits, load_recipe_data
+from trainables.errors import first_line
 from trainables.models import apply_freeze, build_model, check_runnable, param_groups
 from trainables.optim import LRSchedule, build_optimizer, effective_lr
 from trainables.recipe import Recipe
@@ -258,7 +259,7 @@ class Trainer:
                 f"out of memory on {self.device} at batch_size={r.batch_size} (model "
                 f"{r.model}, width {r.width}, image_size {self.data.image_size}, precision "
                 f"{self.precision}): try a smaller batch_size, e.g. {max(1, r.batch_size // 2)}"
-                f" ({str(e).splitlines()[0][:120]})") from None
+                f" ({first_line(e, 120)})") from None
         non_finite = m.pop("non_finite")
         val_loss, val_acc = self.evaluate("val")
         self.schedule.after_epoch(val_loss)

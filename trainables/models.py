@@ -14,7 +14,6 @@ so the loop never needs to know which architecture it trains. Files are read wit
 
 from __future__ import annotations
 
-import difflib
 import functools
 import os
 import re
@@ -28,7 +27,7 @@ import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from trainables.checkpoint import load_checkpoint, read_tensors
-from trainables.errors import ConfigError
+from trainables.errors import ConfigError, did_you_mean, first_line
 from trainables.recipe import is_weights_name
 from trainables.small_models import ResNetSmall, SimpleCNN
 
@@ -72,8 +71,7 @@ def _torchvision_names() -> tuple[str, ...]:
 def _check_name(name: str) -> None:
     if name in _REGISTRY or name in _torchvision_names():
         return
-    close = difflib.get_close_matches(name, [*_REGISTRY, *_torchvision_names()], n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    hint = did_you_mean(name, [*_REGISTRY, *_torchvision_names()])
     raise ConfigError(f"knob 'model': unknown model {name!r}{hint}; registry models: "
                       f"{', '.join(list_models())}; any torchvision classification model name also "
                       f"works (e.g. {_EXAMPLES}; all {len(_torchvision_names())}: "
@@ -243,7 +241,7 @@ def _build_torchvision(name: str, *, in_channels: int, num_classes: int, batch_n
             model.load_state_dict(state)
         except RuntimeError as e:
             raise ConfigError(f"knob 'pretrained': cached {weights} does not fit {name!r} "
-                              f"({str(e).splitlines()[0]})") from None
+                              f"({first_line(e)})") from None
     if getattr(model, "aux_logits", False):  # training-time aux heads would change the output
         model.aux_logits = False
         for aux in _AUX_HEADS:

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from trainables.errors import ConfigError
+from trainables.errors import ConfigError, did_you_mean, first_line
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
 OPTIMIZERS = ("sgd", "nesterov", "adamw")
@@ -330,10 +330,7 @@ def _fmt(x: float | None) -> str:
 
 
 def _suggest(name: str) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(name, KNOBS, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return did_you_mean(name, KNOBS)
 
 
 def is_weights_name(value: str) -> bool:
@@ -351,7 +348,7 @@ def load_yaml_mapping(path: str | Path, *, what: str) -> dict[str, Any]:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f"line {mark.line + 1}: " if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        problem = getattr(e, "problem", None) or first_line(e)
         raise ConfigError(f"{line}invalid YAML ({problem})", where=str(p)) from None
     except UnicodeDecodeError:
         raise ConfigError("not a text (YAML) file", where=str(p)) from None

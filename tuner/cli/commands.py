@@ -14,6 +14,8 @@ from pathlib import Path
 
 from trainables.errors import ConfigError
 from tuner.cli.overrides import parse_sets
+from tuner.running.schedulers import REFUSED_PAIRS, SCHEDULERS
+from tuner.running.searchers import SEARCHERS
 
 EXIT_USAGE = 2
 EXIT_TRIALS_ERRORED = 1
@@ -219,9 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", default="quick", help="preset name or YAML file (default: quick)")
     p.add_argument("--dataset", help="fix the dataset knob")
     p.add_argument("--data-dir", help="fix the data_dir knob")
-    p.add_argument("--searcher", default="tpe", help="grid | random | tpe | optuna (default: tpe)")
+    p.add_argument("--searcher", default="tpe",
+                   help=f"{' | '.join(SEARCHERS)} (default: tpe)")
     p.add_argument("--scheduler", default="asha",
-                   help="fifo | asha | hyperband | median | pbt (default: asha)")
+                   help=f"{' | '.join(SCHEDULERS)} (default: asha; refused pairs: "
+                   f"{', '.join(f'{s} + {t}' for s, t in REFUSED_PAIRS)})")
     p.add_argument("--num-samples", type=int, default=16, help="trials to run (default: 16)")
     p.add_argument("--max-epochs", type=int, help="fix the epochs knob (ASHA's max_t)")
     p.add_argument("--cpus-per-trial", type=float, default=1)

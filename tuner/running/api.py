@@ -21,6 +21,7 @@ from trainables.recipe import KNOBS
 from tuner.running.results import TuneResult, collect_results
 from tuner.running.schedulers import SchedulerOptions
 from tuner.running.settings import RunSettings, possible_values
+from tuner.running.storage import is_uri
 
 DEFAULT_STORAGE = "cnn-tuner-results"
 
@@ -135,7 +136,7 @@ def tune(space: SearchSpace | dict | str | Path = "quick", *, dataset: str | Non
     dataset_name = space_obj.fixed.get("dataset", "digits")
     name = name or f"{dataset_name}-{searcher}-{scheduler}-{datetime.now():%Y%m%d-%H%M%S}"
     root = str(storage or DEFAULT_STORAGE)
-    if "://" not in root:
+    if not is_uri(root):
         root = str(Path(root).expanduser().resolve())
         if Path(root).exists() and not Path(root).is_dir():
             raise ConfigError("--storage: exists and is not a folder", where=root)

@@ -19,10 +19,11 @@ from ray.tune import CheckpointConfig, CLIReporter, FailureConfig, RunConfig, Tu
 
 from search_spaces import Grid, SearchSpace
 from trainables.data import DataSplits, load_recipe_data
-from trainables.errors import ConfigError
+from trainables.errors import ConfigError, first_line
 from tuner.running.schedulers import PAUSING, SchedulerOptions, build_scheduler, min_open_trials
 from tuner.running.searchers import build_search
 from tuner.running.settings import RunSettings, data_recipe
+from tuner.running.storage import is_uri
 from tuner.running.trial import TrialOptions, run_trial
 
 # Ray's own chatter that tells a CLI user nothing.
@@ -185,7 +186,7 @@ def run_experiment(settings: RunSettings, space: SearchSpace, *, storage: str, n
 def check_experiment_state(path: str) -> None:
     """Ray restarts an experiment FROM SCRATCH when its state file does not parse; refuse that:
     a corrupt or truncated state is an error naming the file, never a silent restart."""
-    if "://" in path:
+    if is_uri(path):
         return
     states = sorted(Path(path).glob("experiment_state-*.json"))
     if not states:
@@ -225,10 +226,10 @@ def _restore(path: str, settings: RunSettings, space: SearchSpace, data: DataSpl
                               param_space=param_space or None)
     except (ValueError, KeyError, TypeError, OSError, EOFError, RuntimeError) as e:
         # a truncated or corrupt experiment_state-*.json / searcher state: never start afresh
-        state = sorted(Path(path).glob("experiment_state-*.json")) if "://" not in path else []
+        state = sorted(Path(path).glob("experiment_state-*.json")) if not is_uri(path) else []
         where = str(state[-1]) if state else path
         raise ConfigError(f"corrupt Ray Tune experiment state, cannot resume "
-                          f"({type(e).__name__}: {str(e).splitlines()[0][:160]})",
+                          f"({type(e).__name__}: {first_line(e, 160)})",
                           where=where) from None
     return _fit(tuner, path, settings, space)
 
@@ -236,7 +237,7 @@ def _restore(path: str, settings: RunSettings, space: SearchSpace, data: DataSpl
 def restore_experiment(path: str | Path, *, address: str | None,
                        verbose: int) -> tuple[Any, RunSettings, str]:
     """Resume an experiment folder written by `cnn-tuner run`."""
-    path = str(Path(path).expanduser().resolve()) if "://" not in str(path) else str(path)
+    path = str(path) if is_uri(str(path)) else str(Path(path).expanduser().resolve())
     settings = RunSettings.load(path)
     if not Tuner.can_restore(path):
         raise ConfigError("no Ray Tune experiment state to resume (experiment_state-*.json is "
