@@ -21,6 +21,8 @@ from scipy import stats
 
 from trainables.errors import ConfigError
 from trainables.recipe import Recipe
+from tuner.running.settings import check_resources
+from tuner.running.storage import check_folder_target
 
 ABLATION_CSV, RUNS_CSV, RECIPE_FILE = "ablation.csv", "ablation_runs.csv", "ablation_recipe.yaml"
 CONFIDENCE = 0.95
@@ -160,25 +162,21 @@ def ablate(recipe: Recipe, *, seeds: int = 3, epochs: int | None = None,
     ``ablation.csv`` (the table), ``ablation_runs.csv`` and ``ablation_recipe.yaml`` to ``out``."""
     log = log or (lambda line: print(line, file=sys.stderr))
     if seeds < 2:
-        raise ConfigError(f"--seeds: must be >= 2 (a confidence interval needs at least two "
+        raise ConfigError(f"seeds: must be >= 2 (a confidence interval needs at least two "
                           f"runs per variant), got {seeds}")
-    if cpus_per_trial <= 0:
-        raise ConfigError(f"--cpus-per-trial: must be > 0, got {cpus_per_trial}")
-    if gpus_per_trial < 0:
-        raise ConfigError(f"--gpus-per-trial: must be >= 0, got {gpus_per_trial}")
+    check_resources(cpus_per_trial, gpus_per_trial)
     if epochs is not None:
         try:
             recipe = recipe.replace(epochs=epochs)
         except ConfigError as e:
-            raise e.at("--epochs") from None
+            raise e.at("epochs") from None
     if recipe.pretrained != "none" and Path(recipe.pretrained).is_file():
         # tasks may run in another working directory (or on another node)
         recipe = recipe.replace(pretrained=str(Path(recipe.pretrained).resolve()))
     if gpus_per_trial == 0:
         recipe.check_device("cpu")
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError("--out: exists and is not a folder", where=str(out))
+    check_folder_target(out, "out")
     todo, skipped = variants(recipe, on_gpu=gpus_per_trial > 0)
     seed_list = [(recipe.seed + i) % 2**31 for i in range(seeds)]
     jobs = [(name, s, r.replace(seed=s)) for name, r in {"baseline": recipe, **todo}.items()

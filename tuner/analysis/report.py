@@ -28,6 +28,7 @@ from tuner.analysis.importance import Importance, knob_importance
 from tuner.running import storage
 from tuner.running.results import BEST_RECIPE, load_results
 from tuner.running.settings import RunSettings
+from tuner.running.storage import check_folder_target
 
 REPORT_DIR, ABLATION_CSV = "report", "ablation.csv"
 
@@ -319,8 +320,7 @@ def write_report(path: str | Path, out: str | Path | None = None) -> str:
 
 
 def _write_report(exp: Experiment, out_dir: Path) -> Path:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError("--out: exists and is not a folder", where=str(out_dir))
+    check_folder_target(out_dir, "out")
     metric = exp.settings.metric
     imp = knob_importance(exp.trials, exp.tuned, metric)
     ablation_file = exp.path / ABLATION_CSV

@@ -7,6 +7,7 @@ work itself lives in the modules each command calls.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import warnings
 from datetime import datetime
@@ -52,6 +53,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from trainables.models import check_runnable
     from trainables.recipe import Recipe
     from tuner.cli.train_run import train_to_dir
+    from tuner.running.storage import check_folder_target
 
     overrides = parse_sets(args.set)
     if args.recipe:
@@ -65,8 +67,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except ConfigError as e:
         raise e.at(args.recipe or "--set") from None
     out = Path(args.out or f"runs/train-{datetime.now():%Y%m%d-%H%M%S}")
-    if out.exists() and not out.is_dir():
-        raise ConfigError("--out: exists and is not a folder", where=str(out))
+    check_folder_target(out, "out")
     final = train_to_dir(recipe, out, device=device)
     print(f"wrote {out}/recipe.yaml, metrics.csv, result.json, checkpoint.pt "
           f"(test_acc {final['test_acc']:.4f}, {final['stop_reason']})")
@@ -226,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", default="asha",
                    help=f"{' | '.join(SCHEDULERS)} (default: asha; refused pairs: "
                    f"{', '.join(f'{s} + {t}' for s, t in REFUSED_PAIRS)})")
-    p.add_argument("--num-samples", type=int, default=16, help="trials to run (default: 16)")
+    p.add_argument("--num-samples", type=int,
+                   help="trials to run (default: 16; grid search runs each point once)")
     p.add_argument("--max-epochs", type=int, help="fix the epochs knob (ASHA's max_t)")
     p.add_argument("--cpus-per-trial", type=float, default=1)
     p.add_argument("--gpus-per-trial", type=float, default=0,
@@ -288,20 +290,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _flags(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Python parameter name -> its flag, for every command (``cpus_per_trial`` ->
+    ``--cpus-per-trial``): the parser is the one source of the flags."""
+    names: dict[str, str] = {}
+    for action in parser._actions:  # noqa: SLF001 - argparse keeps its actions here
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            for sub in action.choices.values():
+                names.update({k: v for k, v in _flags(sub).items() if k not in names})
+        elif action.dest not in names:
+            longs = [o for o in action.option_strings if o.startswith("--")]
+            if longs and action.dest != "help":
+                names[action.dest] = longs[0]
+    return names
+
+
+def as_flags(message: str, flags: dict[str, str]) -> str:
+    """The library names Python parameters (``cpus_per_trial: must be > 0``); the command line
+    names its flags: the leading parameter, and unquoted multi-word parameter names inside."""
+    head, sep, rest = message.partition(": ")
+    if sep and head in flags:
+        message = f"{flags[head]}: {rest}"
+    return re.sub(r"(?<![\w'-])([a-z]+(?:_[a-z]+)+)(?![\w'])",
+                  lambda m: flags.get(m.group(1), m.group(1)), message)
+
+
 def _one_line_warnings(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
     return f"cnn-tuner: warning: {message}\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _one_line_warnings
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     from tuner.running.api import prefer_loopback
 
     prefer_loopback(getattr(args, "address", None))
     try:
         return args.func(args)
     except ConfigError as e:
-        print(f"cnn-tuner: error: {e}", file=sys.stderr)
+        print(f"cnn-tuner: error: {as_flags(str(e), _flags(parser))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as e:
         print(f"cnn-tuner: {e or 'interrupted'}", file=sys.stderr)

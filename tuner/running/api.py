@@ -21,9 +21,10 @@ from trainables.recipe import KNOBS
 from tuner.running.results import TuneResult, collect_results
 from tuner.running.schedulers import SchedulerOptions
 from tuner.running.settings import RunSettings, possible_values
-from tuner.running.storage import is_uri
+from tuner.running.storage import check_folder_target, is_uri
 
 DEFAULT_STORAGE = "cnn-tuner-results"
+DEFAULT_NUM_SAMPLES = 16
 
 
 def resolve_space(space: SearchSpace | dict | str | Path, *, dataset: str | None = None,
@@ -54,6 +55,17 @@ def resolve_space(space: SearchSpace | dict | str | Path, *, dataset: str | None
     return SearchSpace.from_dict(base)
 
 
+def _num_samples(searcher: str, num_samples: int | None) -> int:
+    """Trials per point of the space: grid search runs each grid point once, so a count given
+    with it is refused rather than silently overridden; 16 samples otherwise by default."""
+    if searcher != "grid":
+        return DEFAULT_NUM_SAMPLES if num_samples is None else num_samples
+    if num_samples is not None:
+        raise ConfigError(f"num_samples: grid search runs every grid point once; leave it unset "
+                          f"(got {num_samples})")
+    return 1
+
+
 def _check_gpus(gpus_per_trial: float, address: str | None) -> None:
     """A trial asking for more GPUs than the cluster has would wait forever: refuse it now.
     Known only for a local run (its GPUs are this machine's) or a Ray already started."""
@@ -68,8 +80,8 @@ def _check_gpus(gpus_per_trial: float, address: str | None) -> None:
 
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if count < gpus_per_trial:
-        raise ConfigError(f"--gpus-per-trial: {gpus_per_trial:g} GPU(s) per trial, but this "
-                          f"machine has {count:g}; no trial could start (use --address for a "
+        raise ConfigError(f"gpus_per_trial: {gpus_per_trial:g} GPU(s) per trial, but this "
+                          f"machine has {count:g}; no trial could start (give address: a "
                           "cluster with GPUs)")
 
 
@@ -94,7 +106,7 @@ def _ray_initialized() -> bool:
 
 def tune(space: SearchSpace | dict | str | Path = "quick", *, dataset: str | None = None,
          data_dir: str | None = None, searcher: str = "tpe", scheduler: str = "asha",
-         num_samples: int = 16, max_epochs: int | None = None, metric: str = "val_acc",
+         num_samples: int | None = None, max_epochs: int | None = None, metric: str = "val_acc",
          mode: str = "max", cpus_per_trial: float = 1, gpus_per_trial: float = 0,
          max_concurrent: int | None = None, storage: str | Path | None = None,
          name: str | None = None, seed: int = 0, address: str | None = None,
@@ -117,11 +129,11 @@ def tune(space: SearchSpace | dict | str | Path = "quick", *, dataset: str | Non
                               fixed=fixed)
     epochs = space_obj.fixed.get("epochs", KNOBS["epochs"].default)
     if "epochs" in space_obj.tuned:
-        raise ConfigError("max_epochs: the space tunes 'epochs'; fix it (the budget ASHA counts "
-                          "in) with max_epochs=N / --max-epochs N")
+        raise ConfigError("max_epochs: the space tunes 'epochs'; fix it with max_epochs (the "
+                          "budget ASHA counts in)")
     settings = RunSettings(
         space=space_obj.to_dict(), searcher=searcher, scheduler=scheduler,
-        num_samples=1 if searcher == "grid" else num_samples,  # grid: each point once
+        num_samples=_num_samples(searcher, num_samples),
         max_epochs=int(epochs), metric=metric, mode=mode,
         cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
         max_concurrent=max_concurrent, seed=seed, max_failures=max_failures,
@@ -132,14 +144,13 @@ def tune(space: SearchSpace | dict | str | Path = "quick", *, dataset: str | Non
                     download=all(possible_values(space_obj, "download")))
     _check_gpus(gpus_per_trial, address)
     if not 0 <= verbose <= 3:
-        raise ConfigError(f"--verbose: must be 0, 1, 2 or 3, got {verbose}")
+        raise ConfigError(f"verbose: must be 0, 1, 2 or 3, got {verbose}")
     dataset_name = space_obj.fixed.get("dataset", "digits")
     name = name or f"{dataset_name}-{searcher}-{scheduler}-{datetime.now():%Y%m%d-%H%M%S}"
     root = str(storage or DEFAULT_STORAGE)
     if not is_uri(root):
         root = str(Path(root).expanduser().resolve())
-        if Path(root).exists() and not Path(root).is_dir():
-            raise ConfigError("--storage: exists and is not a folder", where=root)
+        check_folder_target(root, "storage")
     start = time.time()
     result_grid, path = run_experiment(settings, space_obj, storage=root, name=name,
                                        address=address, resume=resume, verbose=verbose)
@@ -153,7 +164,7 @@ def resume(path: str | Path, *, address: str | None = None, verbose: int = 1) ->
     from tuner.running.runner import restore_experiment
 
     if not 0 <= verbose <= 3:
-        raise ConfigError(f"--verbose: must be 0, 1, 2 or 3, got {verbose}")
+        raise ConfigError(f"verbose: must be 0, 1, 2 or 3, got {verbose}")
     start = time.time()
     result_grid, settings, exp_path = restore_experiment(path, address=address, verbose=verbose)
     return collect_results(result_grid, settings, exp_path, wall_time_s=time.time() - start)

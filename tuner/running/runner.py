@@ -159,7 +159,7 @@ def run_experiment(settings: RunSettings, space: SearchSpace, *, storage: str, n
     scheduler = _scheduler(settings, space)
     open_trials, why = min_open_trials(scheduler, expected_trials(settings, space))
     if settings.max_concurrent and settings.max_concurrent < open_trials:
-        raise ConfigError(f"--max-concurrent: scheduler {settings.scheduler!r} pauses trials and "
+        raise ConfigError(f"max_concurrent: scheduler {settings.scheduler!r} pauses trials and "
                           f"{why}, so it needs at least {open_trials} trials open at once, got "
                           f"{settings.max_concurrent}")
     data = load_run_data(space)

@@ -39,14 +39,14 @@ class SchedulerOptions:
 
     def check(self, max_epochs: int) -> None:
         if self.grace_period is not None and self.grace_period < 1:
-            raise ConfigError(f"--grace-period: must be >= 1 epoch, got {self.grace_period}")
+            raise ConfigError(f"grace_period: must be >= 1 epoch, got {self.grace_period}")
         if self.grace(max_epochs) > max_epochs:
-            raise ConfigError(f"--grace-period: must be <= max epochs ({max_epochs}), got "
+            raise ConfigError(f"grace_period: must be <= max epochs ({max_epochs}), got "
                               f"{self.grace_period}")
         if self.reduction_factor <= 1:
-            raise ConfigError(f"--reduction-factor: must be > 1, got {self.reduction_factor}")
+            raise ConfigError(f"reduction_factor: must be > 1, got {self.reduction_factor}")
         if self.perturbation_interval < 1:
-            raise ConfigError("--perturbation-interval: must be >= 1 epoch, got "
+            raise ConfigError("perturbation_interval: must be >= 1 epoch, got "
                               f"{self.perturbation_interval}")
 
 
@@ -142,8 +142,8 @@ def check_pairing(searcher: str, scheduler: str) -> None:
     """Refuse a searcher/scheduler pair listed in REFUSED_PAIRS, in one line."""
     why = REFUSED_PAIRS.get((searcher, scheduler))
     if why:
-        raise ConfigError(f"--scheduler {scheduler}: not with --searcher {searcher}: {why}; use "
-                          "--searcher random")
+        raise ConfigError(f"scheduler: {scheduler!r} does not work with searcher {searcher!r}: "
+                          f"{why}; use searcher 'random'")
 
 
 # Schedulers that PAUSE trials and resume them later from their last checkpoint (Ray restores a
@@ -157,7 +157,7 @@ def build_scheduler(name: str, max_epochs: int, options: SchedulerOptions | None
     """The scheduler called ``name``; unknown names list the valid ones. ``num_trials``: how
     many trials the run will have (HyperBand halves an unfilled last bracket once all came)."""
     if name not in SCHEDULERS:
-        raise ConfigError(f"--scheduler: unknown scheduler {name!r}; valid: "
+        raise ConfigError(f"scheduler: unknown scheduler {name!r}; valid: "
                           f"{', '.join(SCHEDULERS)}")
     opts = options or SchedulerOptions()
     opts.check(max_epochs)

@@ -114,7 +114,7 @@ def build_search(name: str, space: SearchSpace, *, seed: int, num_samples: int,
     """The search plan for searcher ``name``; unknown names list the valid ones.
     ``max_concurrent``: trials at once (0: as many as Ray can place)."""
     if name not in SEARCHERS:
-        raise ConfigError(f"--searcher: unknown searcher {name!r}; valid: {', '.join(SEARCHERS)}")
+        raise ConfigError(f"searcher: unknown searcher {name!r}; valid: {', '.join(SEARCHERS)}")
     sampled = [k for k, d in space.tuned.items() if not isinstance(d, Grid)]
     if name == "grid" and sampled:
         raise ConfigError(f"searcher 'grid': every tuned knob must be a grid, but {sampled[0]!r} "

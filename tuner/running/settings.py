@@ -76,34 +76,40 @@ def possible_values(space: SearchSpace, knob: str) -> set[Any]:
         set(getattr(dist, "values", ()))
 
 
+def check_resources(cpus_per_trial: float, gpus_per_trial: float) -> None:
+    """A trial's resources: CPUs > 0, GPUs >= 0, fractions only below one GPU."""
+    if cpus_per_trial <= 0:
+        raise ConfigError(f"cpus_per_trial: must be > 0, got {cpus_per_trial}")
+    if gpus_per_trial < 0:
+        raise ConfigError(f"gpus_per_trial: must be >= 0, got {gpus_per_trial}")
+    if gpus_per_trial > 1 and gpus_per_trial != int(gpus_per_trial):
+        raise ConfigError(f"gpus_per_trial: above 1 it must be a whole number, got "
+                          f"{gpus_per_trial}")
+
+
 def _validate(settings: RunSettings, space: SearchSpace) -> None:
-    """Every rule of a run's settings, checked before Ray starts (names are the CLI's flags)."""
-    if settings.cpus_per_trial <= 0:
-        raise ConfigError(f"--cpus-per-trial: must be > 0, got {settings.cpus_per_trial}")
-    if settings.gpus_per_trial < 0:
-        raise ConfigError(f"--gpus-per-trial: must be >= 0, got {settings.gpus_per_trial}")
-    if settings.gpus_per_trial > 1 and settings.gpus_per_trial != int(settings.gpus_per_trial):
-        raise ConfigError("--gpus-per-trial: above 1 it must be a whole number, got "
-                          f"{settings.gpus_per_trial}")
+    """Every rule of a run's settings, checked before Ray starts. Messages name the Python
+    parameter (the CLI shows its flag instead: tuner.cli.commands)."""
+    check_resources(settings.cpus_per_trial, settings.gpus_per_trial)
     if settings.num_samples < 1:
-        raise ConfigError(f"--num-samples: must be >= 1, got {settings.num_samples}")
+        raise ConfigError(f"num_samples: must be >= 1, got {settings.num_samples}")
     if settings.max_concurrent is not None and settings.max_concurrent < 1:
-        raise ConfigError(f"--max-concurrent: must be >= 1, got {settings.max_concurrent}")
+        raise ConfigError(f"max_concurrent: must be >= 1, got {settings.max_concurrent}")
     if settings.mode not in ("min", "max"):
         raise ConfigError(f"mode: must be 'min' or 'max', got {settings.mode!r}")
     if settings.checkpoint_every < 1:
-        raise ConfigError(f"--checkpoint-every: must be >= 1 epoch, got "
+        raise ConfigError(f"checkpoint_every: must be >= 1 epoch, got "
                           f"{settings.checkpoint_every}")
     if settings.max_failures < -1:
-        raise ConfigError(f"--max-failures: must be >= 0 (or -1: retry forever), got "
+        raise ConfigError(f"max_failures: must be >= 0 (or -1: retry forever), got "
                           f"{settings.max_failures}")
     if not 0 <= settings.seed < 2**32:
-        raise ConfigError(f"--seed: must be in [0, 2**32), got {settings.seed}")
+        raise ConfigError(f"seed: must be in [0, 2**32), got {settings.seed}")
     if settings.scheduler in PAUSING and settings.checkpoint_every != 1:
-        raise ConfigError(f"--checkpoint-every: scheduler {settings.scheduler!r} pauses trials and "
+        raise ConfigError(f"checkpoint_every: scheduler {settings.scheduler!r} pauses trials and "
                           "resumes them from the checkpoint of their last epoch, so it needs 1, "
                           f"got {settings.checkpoint_every}")
     check_pairing(settings.searcher, settings.scheduler)
     if settings.gpus_per_trial == 0 and "fp16" in possible_values(space, "precision"):
         raise ConfigError("knob 'precision': the space allows fp16, which needs a CUDA device, "
-                          "but --gpus-per-trial is 0")
+                          "but gpus_per_trial is 0")

@@ -18,6 +18,12 @@ def is_uri(path: str) -> bool:
     return "://" in str(path)
 
 
+def check_folder_target(path: str | Path, param: str) -> None:
+    """Refuse a local output path that exists as a file (``param`` names the argument)."""
+    if not is_uri(str(path)) and Path(path).exists() and not Path(path).is_dir():
+        raise ConfigError(f"{param}: {path} exists and is not a folder")
+
+
 def join(base: str, name: str) -> str:
     return f"{str(base).rstrip('/')}/{name}"
 
