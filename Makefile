@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo test lint bench clean chromium
+.PHONY: demo test test-fast lint bench clean chromium
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,12 @@ demo: $(STAMP)
 
 test: $(STAMP) chromium
 	$(PY) -m pytest -q
+
+# The inner loop, under 90 s on 2 cores: every test but the Ray end-to-end runs (`ray`), the few
+# that take seconds each (`slow`) and the Chromium ones (tests/conftest.py lists the last two);
+# needs no Chromium. `make test` runs them all.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not ray and not slow and not chromium"
 
 # The report tests render the HTML in headless Chromium: Debian's package (no browser download),
 # installed here when missing and this user can (root, or sudo without a password); otherwise one

@@ -1,4 +1,6 @@
-"""Shared test setup: small thread counts so the suite runs on 2 cores; one Ray per session."""
+"""Shared test setup: small thread counts so the suite runs on 2 cores; one Ray per session.
+Markers (pyproject.toml): `ray` starts a real Ray, `slow` trains to an accuracy or starts fresh
+Pythons, `chromium` needs the browser; `make test-fast` leaves all three out."""
 
 import os
 from pathlib import Path
@@ -11,7 +13,6 @@ import torch
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 torch.set_num_threads(1)
-
 
 @pytest.fixture(scope="session")
 def ray_local():

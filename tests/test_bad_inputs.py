@@ -1,8 +1,11 @@
-"""Bad user input is refused with exit code 2 and one stderr line naming the place and the rule,
-without a traceback, before Ray starts and before anything is written.
+"""Bad user input is refused with one line naming the place and the rule, without a traceback,
+before Ray starts and before anything is written.
 
-Most cases call ``tuner.cli.main`` in this process (stderr through capsys); a few go through a real
-``python -m tuner.cli`` subprocess to check the exit code and stderr of the actual program.
+Each file of the corpus (``tests/bad_inputs``) is refused once, through the Python API the CLI
+calls: ``train(Recipe.from_yaml(f))`` for recipes, ``SearchSpace.from_yaml(f)`` for spaces,
+``tune(f)`` for the rules of a run. Command-line mistakes go through ``tuner.cli.main`` in this
+process (stderr through capsys). One corpus file per command that reads one goes through the real
+``cnn-tuner`` program: exit code 2, one stderr line starting with the file (and line).
 Every case runs with ``tests/bad_inputs`` as working directory, since some files name relative
 paths (``pretrained: not_a_checkpoint.pt``).
 """
@@ -14,17 +17,26 @@ import pickle
 import subprocess
 import sys
 import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import ray
 import torch
 
+from search_spaces import SearchSpace
+from trainables.errors import ConfigError
+from trainables.loop import train
+from trainables.recipe import Recipe
+from tuner import tune
 from tuner.cli import main
 
 BAD = Path(__file__).parent / "bad_inputs"
 
-# corpus file -> substrings its one stderr line must hold (the place and the rule)
+# recipe file -> substrings of the one-line error of train(Recipe.from_yaml(file)) (the place and
+# the rule); the rules the loop checks (device, model, pretrained, data) do not know the file: the
+# CLI prefixes it (REAL_PROGRAM checks that)
 RECIPES: dict[str, tuple[str, ...]] = {
     "recipe_yaml_syntax.yaml": ("recipe_yaml_syntax.yaml", "line 2", "invalid YAML"),
     "recipe_tabs.yaml": ("recipe_tabs.yaml", "line 3", "'\\t'"),
@@ -43,24 +55,25 @@ RECIPES: dict[str, tuple[str, ...]] = {
     "recipe_batch_size_zero.yaml": ("recipe_batch_size_zero.yaml", "'batch_size'", "got 0"),
     "recipe_bad_choice.yaml": ("recipe_bad_choice.yaml", "'optimizer'", "'adam'"),
     "recipe_unknown_dataset.yaml": ("recipe_unknown_dataset.yaml", "'dataset'", "'imagenet'"),
-    "recipe_unknown_model.yaml": ("recipe_unknown_model.yaml", "'model'", "'resnet1800'"),
+    "recipe_unknown_model.yaml": ("'model'", "unknown model 'resnet1800'"),
     "recipe_freeze_without_pretrained.yaml": ("recipe_freeze_without_pretrained.yaml",
                                               "'freeze'", "needs 'pretrained'"),
     "recipe_nesterov_momentum0.yaml": ("recipe_nesterov_momentum0.yaml", "'momentum'",
                                        "nesterov needs momentum > 0"),
     "recipe_warmup_ge_epochs.yaml": ("recipe_warmup_ge_epochs.yaml", "'warmup_epochs'",
                                      "< epochs"),
-    "recipe_weights_on_registry_model.yaml": ("recipe_weights_on_registry_model.yaml",
-                                              "'pretrained'", "needs a torchvision model"),
-    "recipe_pretrained_missing.yaml": ("recipe_pretrained_missing.yaml", "'pretrained'",
-                                       "no checkpoint file"),
+    "recipe_weights_on_registry_model.yaml": ("'pretrained'", "'IMAGENET1K_V1'",
+                                              "needs a torchvision model"),
+    "recipe_pretrained_missing.yaml": ("'pretrained'", "no checkpoint file",
+                                       "no_such_dir/checkpoint.pt"),
     "recipe_pretrained_text.yaml": ("not_a_checkpoint.pt", "checkpoint"),
-    "recipe_fp16_on_cpu.yaml": ("recipe_fp16_on_cpu.yaml", "'precision'", "fp16 needs a CUDA"),
+    "recipe_fp16_on_cpu.yaml": ("'precision'", "fp16 needs a CUDA", "on cpu"),
     # found only when the data is loaded: the line names the missing folder
     "recipe_imagefolder_missing_dir.yaml": ("no_such_image_folder", "image folder not found"),
 }
 
-# space files refused by `spaces validate` and by `run --space`
+# space file -> substrings of the one-line error of SearchSpace.from_yaml(file), which
+# `spaces validate` and `run --space` both call: the file:line, the knob and the rule
 SPACES: dict[str, tuple[str, ...]] = {
     "space_yaml_syntax.yaml": ("space_yaml_syntax.yaml", "line 2", "invalid YAML"),
     "space_tabs.yaml": ("space_tabs.yaml", "line 3", "'\\t'"),
@@ -70,14 +83,15 @@ SPACES: dict[str, tuple[str, ...]] = {
     "space_typo.yaml": ("space_typo.yaml:2", "did you mean 'lr_schedule'"),
     "space_wrong_type.yaml": ("space_wrong_type.yaml:2", "'batch_size'", "'big'"),
     "space_float_dist_on_int.yaml": ("space_float_dist_on_int.yaml:2", "'width'",
-                                     "uniform draws floats"),
+                                     "uniform draws floats", "use randint"),
     "space_out_of_range.yaml": ("space_out_of_range.yaml:2", "'dropout'", "1.5"),
     "space_low_gt_high.yaml": ("space_low_gt_high.yaml:2", "'lr'", "`low < high`"),
     "space_loguniform_zero.yaml": ("space_loguniform_zero.yaml:2", "'weight_decay'",
                                    "`low > 0`"),
     "space_empty_choice.yaml": ("space_empty_choice.yaml:2", "'optimizer'",
                                 "at least one value"),
-    "space_unknown_kind.yaml": ("space_unknown_kind.yaml:2", "'lr'", "['normal']"),
+    "space_unknown_kind.yaml": ("space_unknown_kind.yaml:2", "'lr'", "['normal']",
+                                "one of choice, grid, uniform"),
     "space_two_kinds.yaml": ("space_two_kinds.yaml:2", "'lr'", "['uniform', 'choice']"),
     "space_randint_float.yaml": ("space_randint_float.yaml:2", "'step_size'", "integer"),
     "space_qrandint_not_multiple.yaml": ("space_qrandint_not_multiple.yaml:2", "'width'",
@@ -90,7 +104,8 @@ SPACES: dict[str, tuple[str, ...]] = {
                                    "parent 'lr' must be fixed, a choice or a grid"),
     "space_when_not_in_space.yaml": ("space_when_not_in_space.yaml:2", "'step_size'",
                                      "not in this space"),
-    "space_when_bad_value.yaml": ("space_when_bad_value.yaml:3", "'momentum'", "'adam'"),
+    "space_when_bad_value.yaml": ("space_when_bad_value.yaml:3", "'momentum'",
+                                  "'adam' is not valid for 'optimizer'"),
     "space_when_never.yaml": ("space_when_never.yaml:3", "'step_size'", "never drawn"),
     "space_when_self.yaml": ("space_when_self.yaml:2", "'optimizer'", "itself"),
     "space_when_cycle.yaml": ("space_when_cycle.yaml:2", "cycle",
@@ -98,7 +113,7 @@ SPACES: dict[str, tuple[str, ...]] = {
     "space_when_two_parents.yaml": ("space_when_two_parents.yaml:4", "'momentum'",
                                     "exactly one parent"),
     "space_grid_when.yaml": ("space_grid_when.yaml:3", "'step_size'",
-                             "a grid cannot be conditional"),
+                             "a grid cannot be conditional", "use choice"),
     "space_tune_data_knob.yaml": ("space_tune_data_knob.yaml:2", "'dataset'",
                                   "data knob can only be fixed"),
     "space_freeze_without_pretrained.yaml": ("space_freeze_without_pretrained.yaml:2",
@@ -112,9 +127,9 @@ SPACES: dict[str, tuple[str, ...]] = {
     "space_pretrained_text.yaml": ("not_a_checkpoint.pt", "checkpoint"),
 }
 
-# valid spaces that `run` refuses: device, data and budget rules
+# valid spaces that tune(file) (`run`) refuses: device, data and budget rules
 RUN_ONLY: dict[str, tuple[str, ...]] = {
-    "space_fp16_no_gpu.yaml": ("'precision'", "fp16", "--gpus-per-trial is 0"),
+    "space_fp16_no_gpu.yaml": ("'precision'", "allows fp16", "gpus_per_trial is 0"),
     "space_imagefolder_missing_dir.yaml": ("no_such_image_folder", "image folder not found"),
     "space_epochs_tuned.yaml": ("max_epochs", "tunes 'epochs'"),
 }
@@ -139,7 +154,7 @@ CLI_ARGS: list[tuple[list[str], tuple[str, ...]]] = [
     (["run", "--max-epochs", "0"], ("'epochs'", "[1, 10000]")),
     (["run", "--space", "nosuchpreset"], ("'nosuchpreset'", "quick")),
     (["run", "--space", "missing.yaml"], ("missing.yaml", "not found")),
-    (["run", "--scheduler", "pbt"], ("pbt", "--searcher random")),
+    (["run", "--scheduler", "pbt"], ("--scheduler: 'pbt'", "searcher 'random'")),
     (["run", "--searcher", "grid"], ("searcher 'grid'", "'width'")),
     (["run", "--dataset", "imagenet"], ("'dataset'", "'imagenet'")),
     (["run", "--dataset", "imagefolder", "--data-dir", "nope"], ("nope", "not found")),
@@ -201,18 +216,33 @@ def _one_line(err: str) -> str:
     return lines[0]
 
 
-def _refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    """Run the CLI in-process; assert exit 2, one stderr line, Ray not started; the line."""
+@contextmanager
+def _starts_no_ray() -> Iterator[None]:
     was_up, ray_before = ray.is_initialized(), _ray_processes()
-    try:
-        rc = main(argv)
-    except SystemExit as e:  # argparse usage errors
-        rc = e.code
-    err = capsys.readouterr().err
-    assert rc == 2, err
+    yield
     assert ray.is_initialized() == was_up
     assert _ray_processes() <= ray_before
+
+
+def _refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run the CLI in-process; assert exit 2, one stderr line, Ray not started; the line."""
+    with _starts_no_ray():
+        try:
+            rc = main(argv)
+        except SystemExit as e:  # argparse usage errors
+            rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2, err
     return _one_line(err)
+
+
+def _api_refuses(call: Callable[[], object]) -> str:
+    """The message of the ConfigError ``call()`` raises, asserted to be one line."""
+    with pytest.raises(ConfigError) as info:
+        call()
+    message = str(info.value)
+    assert "\n" not in message, message
+    return message
 
 
 def _has_all(line: str, expected: tuple[str, ...]) -> None:
@@ -245,32 +275,24 @@ def test_corpus_is_complete() -> None:
 
 
 @pytest.mark.parametrize(("name", "expected"), _params(RECIPES))
-def test_train_refuses_bad_recipe(name: str, expected: tuple[str, ...], tmp_path: Path,
-                                  capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "out" / "run"
-    _has_all(_refused(_train_argv(name, out), capsys), expected)
-    assert not (tmp_path / "out").exists()
+def test_bad_recipe_file_is_refused(name: str, expected: tuple[str, ...]) -> None:
+    _has_all(_api_refuses(lambda: train(Recipe.from_yaml(name), device="cpu")), expected)
 
 
 @pytest.mark.parametrize(("name", "expected"), _params(SPACES))
-def test_spaces_validate_refuses_bad_space(name: str, expected: tuple[str, ...],
-                                           capsys: pytest.CaptureFixture[str]) -> None:
-    _has_all(_refused(["spaces", "validate", name], capsys), expected)
+def test_bad_space_file_is_refused(name: str, expected: tuple[str, ...]) -> None:
+    _has_all(_api_refuses(lambda: SearchSpace.from_yaml(name)), expected)
 
 
-@pytest.mark.parametrize(("name", "expected"), _params({**SPACES, **RUN_ONLY}))
-def test_run_refuses_bad_space(name: str, expected: tuple[str, ...], tmp_path: Path,
-                               capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(("name", "expected"), _params(RUN_ONLY))
+def test_tune_refuses_a_space_it_cannot_run(name: str, expected: tuple[str, ...],
+                                            tmp_path: Path) -> None:
+    SearchSpace.from_yaml(name)  # a valid space: these are tune()'s own checks
     storage = tmp_path / "storage"
-    _has_all(_refused(_run_argv(name, storage), capsys), expected)
+    with _starts_no_ray():
+        line = _api_refuses(lambda: tune(name, storage=storage, num_samples=1, verbose=0))
+    _has_all(line, expected)
     assert not storage.exists()
-
-
-@pytest.mark.parametrize("name", list(RUN_ONLY))
-def test_run_only_cases_are_valid_spaces(name: str, capsys: pytest.CaptureFixture[str]) -> None:
-    """They test `run`'s own checks, not the space validator's."""
-    assert main(["spaces", "validate", name]) == 0
-    assert capsys.readouterr().out.strip() == f"{name}: ok"
 
 
 @pytest.mark.parametrize(("argv", "expected"), CLI_ARGS, ids=[" ".join(a) for a, _ in CLI_ARGS])
@@ -360,28 +382,46 @@ def test_pretrained_that_is_not_a_checkpoint(make, tmp_path: Path,  # noqa: ANN0
 
 
 # -- through the real program ----------------------------------------------------------------------
-SUBPROCESS_CASES = [
-    ["train", "--recipe", "recipe_typo.yaml"],
-    ["run", "--space", "space_when_cycle.yaml"],
-    ["run", "--num-samples", "0"],
-    ["run", "--num-samples", "abc"],
-    ["spaces", "validate", "space_binary.yaml"],
-]
+# one corpus file per command that reads one -> the start of the one stderr line: the CLI prefixes
+# what the loop refuses with the recipe file; spaces name file:line
+REAL_PROGRAM: dict[str, tuple[list[str], str]] = {
+    "train": (["train", "--recipe", "recipe_fp16_on_cpu.yaml", "--device", "cpu"],
+              "recipe_fp16_on_cpu.yaml: knob 'precision': fp16 needs a CUDA device"),
+    "run": (["run", "--space", "space_when_cycle.yaml", "--num-samples", "1"],
+            "space_when_cycle.yaml:2: knob 'optimizer': `when` conditions form a cycle"),
+    "spaces validate": (["spaces", "validate", "space_yaml_syntax.yaml"],
+                        "space_yaml_syntax.yaml: line 2: invalid YAML"),
+}
 
 
-@pytest.mark.parametrize("argv", SUBPROCESS_CASES, ids=" ".join)
-def test_subprocess_exit_code_and_one_stderr_line(argv: list[str], tmp_path: Path) -> None:
-    storage, out, ray_tmp = tmp_path / "storage", tmp_path / "out", tmp_path / "ray"
-    if argv[0] == "run":
-        argv = [*argv, "--storage", str(storage)]
-    if argv[0] == "train":
-        argv = [*argv, "--out", str(out)]
-    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}  # where a started Ray would write
-    proc = subprocess.run([sys.executable, "-m", "tuner.cli", *argv], cwd=BAD, env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr
-    line = _one_line(proc.stderr)
-    assert line.startswith("cnn-tuner"), line
-    assert argv[2] in line or argv[1] in line, line  # the file or the option
-    assert proc.stdout == ""
-    assert not storage.exists() and not out.exists() and not ray_tmp.exists()
+@pytest.fixture(scope="module")
+def real_program(tmp_path_factory: pytest.TempPathFactory
+                 ) -> Iterator[dict[str, tuple[subprocess.Popen[str], Path]]]:
+    """The REAL_PROGRAM cases, started together (each is mostly Python start-up: seconds of CPU):
+    case -> (its process, an empty folder that receives --out, --storage and RAY_TMPDIR)."""
+    exe = Path(sys.executable).with_name("cnn-tuner")
+    assert exe.exists(), f"no {exe}: install the package (make test does)"
+    runs = {}
+    for case, (argv, _) in REAL_PROGRAM.items():
+        scratch = tmp_path_factory.mktemp(case.replace(" ", "_"))
+        where = {"train": ["--out", str(scratch / "out")],
+                 "run": ["--storage", str(scratch / "storage")]}.get(argv[0], [])
+        env = {**os.environ, "RAY_TMPDIR": str(scratch / "ray")}  # where a started Ray writes
+        proc = subprocess.Popen([str(exe), *argv, *where], cwd=BAD, env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        runs[case] = (proc, scratch)
+    yield runs
+    for proc, _ in runs.values():
+        proc.kill()  # no-op for those that ended
+
+
+@pytest.mark.parametrize("case", list(REAL_PROGRAM))
+def test_real_program_exits_2_with_one_line_naming_the_file(
+        case: str, real_program: dict[str, tuple[subprocess.Popen[str], Path]]) -> None:
+    proc, scratch = real_program[case]
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2, stderr
+    line = _one_line(stderr)
+    assert line.startswith(f"cnn-tuner: error: {REAL_PROGRAM[case][1]}"), line
+    assert stdout == ""
+    assert not any(scratch.iterdir())  # no output folder, no storage, no Ray

@@ -127,6 +127,7 @@ def test_recipe_file_with_set_overrides(tmp_path: Path) -> None:
     assert len(EPOCH_LINE.findall(stdout)) == 1
 
 
+@pytest.mark.slow
 def test_console_script_trains_in_a_subprocess(tmp_path: Path) -> None:
     exe = Path(sys.executable).with_name("cnn-tuner")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "tuner.cli"]
@@ -184,6 +185,7 @@ def test_spaces_validate_good_and_bad_file(tmp_path: Path,
     assert len(lines) == 1 and f"{bad}:2" in lines[0] and "'lr'" in lines[0]
 
 
+@pytest.mark.slow
 def test_bad_space_in_a_subprocess_exits_2_with_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("epochs: 3\nlr_shedule: {choice: [step, cosine]}\n")

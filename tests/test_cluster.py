@@ -201,6 +201,7 @@ def test_submit_script_joins_the_cluster_and_its_storage():
     assert args(["run"], {}) == ["run", "--address", "auto"]
 
 
+@pytest.mark.slow
 def test_submit_script_runs_the_cli():
     proc = subprocess.run([sys.executable, str(SUBMIT), "spaces", "list"], capture_output=True,
                           text=True, timeout=120, cwd=ROOT)

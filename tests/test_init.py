@@ -84,6 +84,7 @@ def test_no_bn_residual_blocks_start_as_their_shortcut(digits) -> None:
         assert all(b.conv1.weight.abs().sum() > 0 for b, _, _ in seen)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list_models())
 def test_no_bn_model_trains_with_adamw(digits, name: str) -> None:
     """The issue's case, shortened: without BatchNorm, AdamW at lr 3e-3 learns digits in 5 short

@@ -27,6 +27,7 @@ def _top(names: set[str]) -> set[str]:
     return {n.split(".")[0] for n in names}
 
 
+@pytest.mark.slow
 def test_trainables_runs_without_ray_or_the_layers_above():
     loaded = _top(_modules_after_importing("trainables"))
     assert not loaded & {"ray", "tuner", "search_spaces"}, loaded & {"ray", "tuner",
@@ -39,6 +40,7 @@ def test_search_spaces_import_no_tuner():
 
 @pytest.mark.parametrize(("package", "above"), [("tuner.running", ("tuner.analysis", "tuner.cli")),
                                                 ("tuner.analysis", ("tuner.cli",))])
+@pytest.mark.slow
 def test_tuner_folders_import_one_way(package, above):
     loaded = _modules_after_importing(package)
     assert not {m for m in loaded if m.startswith(above)}

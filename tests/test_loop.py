@@ -46,6 +46,7 @@ def test_same_seed_same_metrics_other_seed_differs(digits):
     assert a[-1]["train_loss"] != c[-1]["train_loss"]
 
 
+@pytest.mark.slow
 def test_default_recipe_learns_digits(digits):
     result, _ = _run(digits, width=16, epochs=6)
     assert result.final["val_acc"] > 0.9
@@ -115,6 +116,7 @@ def _high_low(data, n_train):
                                classes=["low", "high"])
 
 
+@pytest.mark.slow
 def test_pretrained_checkpoint_beats_scratch_and_freeze_keeps_backbone(digits, tmp_path):
     knobs = {"width": 16, "lr_schedule": "constant", "lr": 0.05, "batch_size": 32}
     states = []

@@ -268,6 +268,7 @@ def test_report_on_a_missing_uri_is_one_line(tmp_path, capsys):
     assert err.count("\n") == 0 and "no such experiment folder" in err and "nothing-here" in err
 
 
+@pytest.mark.chromium
 def test_chromium_harness_catches_javascript_errors(tmp_path):
     """The no-JS-error check above can fail: a page with an uncaught error is caught."""
     page = tmp_path / "bad.html"

@@ -148,53 +148,27 @@ def test_validation_does_not_leak_recipe_warnings():
 
 
 # -- validation errors ---------------------------------------------------------------------------
+# The rules a file of the bad-input corpus shows (unknown knob or kind, low > high, loguniform from
+# 0, empty choice, float draws on an int knob, tuned data knob, every `when` rule, qrandint
+# multiples, duplicate choices, freeze/nesterov needing another knob) are tested there, once,
+# with the file:line (test_bad_inputs.SPACES); these are the others.
 BAD_SPACES = [
     # (space, knob named in the message, rule fragment)
-    ({"lrr": {"uniform": [0.1, 1]}}, "lrr", "did you mean 'lr'"),
-    ({"lr": {"normal": [0, 1]}}, "lr", "one of choice, grid, uniform"),
     ({"lr": {"uniform": [0.1]}}, "lr", "takes 2 numbers"),
     ({"width": {"qrandint": [16, 64]}}, "width", "takes 3 numbers"),
-    ({"lr": {"uniform": [0.5, 0.1]}}, "lr", "`low < high` must hold"),
     ({"lr": {"uniform": [0.5, 0.5]}}, "lr", "`low < high` must hold"),
     ({"width": {"randint": [64, 8]}}, "width", "`low <= high` must hold"),
-    ({"weight_decay": {"loguniform": [0, 0.1]}}, "weight_decay", "`low > 0`"),
-    ({"optimizer": {"choice": []}}, "optimizer", "at least one value"),
     ({"batch_size": {"grid": []}}, "batch_size", "at least one value"),
-    ({"width": {"uniform": [8, 64]}}, "width", "use randint"),
     ({"dropout": {"randint": [0, 1]}}, "dropout", "use uniform"),
     ({"optimizer": {"choice": [1, 2]}}, "optimizer", "expected str"),
     ({"batch_norm": {"choice": [0, 1]}}, "batch_norm", "expected bool"),
     ({"dropout": {"uniform": [0.0, 1.0]}}, "dropout", "must be in [0, 1)"),
     ({"lr": {"choice": [0.1, -1]}}, "lr", "must be in (0, inf)"),
-    ({"dataset": {"choice": ["digits", "mnist"]}}, "dataset", "data knob can only be fixed"),
-    ({"image_size": {"randint": [32, 64]}}, "image_size", "data knob can only be fixed"),
-    ({"step_size": {"randint": [2, 8], "when": {"lr_schedulee": ["step"]}}}, "step_size",
-     "unknown knob 'lr_schedulee'"),
-    ({"step_size": {"randint": [2, 8], "when": {"lr_schedule": ["step"]}}}, "step_size",
-     "not in this space"),
-    ({"lr": uniform(0.1, 0.5), "step_size": randint(2, 8, when={"lr": 0.1})}, "step_size",
-     "must be fixed, a choice or a grid"),
-    ({"lr_schedule": choice(["step", "cosine"]), "step_size": randint(2, 8, when={
-        "lr_schedule": "stepp"})}, "step_size", "not valid for 'lr_schedule'"),
     ({"lr_schedule": "cosine", "step_size": randint(2, 8, when={"lr_schedule": "step"})},
      "step_size", "never drawn"),
-    ({"lr_schedule": choice(["step", "cosine"], when={"lr_schedule": "step"})}, "lr_schedule",
-     "conditional on itself"),
-    ({"optimizer": choice(["sgd", "adamw"], when={"lr_schedule": "step"}),
-      "lr_schedule": choice(["step", "cosine"], when={"optimizer": "sgd"})}, "optimizer",
-     "cycle"),
-    ({"lr_schedule": choice(["step", "cosine"]),
-      "step_size": grid([2, 8], when={"lr_schedule": "step"})}, "step_size", "use choice"),
-    ({"step_size": {"randint": [2, 8], "when": {"lr_schedule": ["step"], "optimizer": ["sgd"]}}},
-     "step_size", "exactly one parent"),
-    ({"width": {"qrandint": [10, 64, 8]}}, "width", "multiples of q"),
-    ({"optimizer": {"choice": ["sgd", "sgd"]}}, "optimizer", "distinct"),
     ({"lr": {"uniform": [0.1, float("inf")]}}, "lr", "finite"),
     ({"lr": "fast"}, "lr", "expected float"),
     # cross-knob rules, found by building Recipes
-    ({"freeze": choice(["none", "backbone"])}, "freeze", "space allows freeze='backbone'"),
-    ({"optimizer": choice(["nesterov", "adamw"]), "momentum": uniform(0.0, 0.9)}, "momentum",
-     "optimizer='nesterov' momentum=0.0 which is invalid"),
     ({"epochs": randint(2, 10), "warmup_epochs": uniform(0.0, 3.0)}, "warmup_epochs",
      "epochs=2 warmup_epochs=3.0 which is invalid"),
     ({"model": choice(["simple_cnn", "no_such_net"])}, "model", "no_such_net"),
@@ -232,13 +206,6 @@ def test_yaml_error_names_file_and_line(tmp_path):
     with pytest.raises(ConfigError) as info:
         SearchSpace.from_yaml(path)
     assert str(info.value).startswith(f"{path}:3: knob 'lr': uniform: `low < high`")
-
-
-def test_broken_yaml_names_file_and_line(tmp_path):
-    path = tmp_path / "broken.yaml"
-    path.write_text("dataset: digits\nlr: {uniform: [0.1, 0.5]\n")
-    with pytest.raises(ConfigError, match=r"broken\.yaml: line \d+: invalid YAML"):
-        SearchSpace.from_yaml(path)
 
 
 # -- presets -------------------------------------------------------------------------------------
@@ -342,9 +309,10 @@ def test_ray_conditional_draws_are_seeded_and_vary():
 
 
 def test_ray_param_space_pickles():
-    param_space = to_tune_param_space(SearchSpace(SCHEDULE_SPACE), seed=0)
-    again = pickle.loads(pickle.dumps(param_space))
-    assert flatten_config(ray_configs(again, 1)[0])["dataset"] == "digits"
+    """Ray ships the param space to its workers: the copy draws what the original would."""
+    space = SearchSpace(SCHEDULE_SPACE)
+    again = pickle.loads(pickle.dumps(to_tune_param_space(space, seed=0)))
+    assert ray_configs(again, 5) == ray_configs(to_tune_param_space(space, seed=0), 5)
 
 
 # -- hyperopt ------------------------------------------------------------------------------------
@@ -393,14 +361,17 @@ def test_hyperopt_tpe_suggestions_build_valid_recipes():
     recipes = []
 
     def objective(params):
-        recipe = build_recipe(merge_fixed(space, flatten_config(params)))
+        flat = flatten_config(params)
+        assert ("step_size" in flat) == (flat["lr_schedule"] == "step"), flat
+        assert ("momentum" in flat) == (flat["optimizer"] == "nesterov"), flat
+        recipe = build_recipe(merge_fixed(space, flat))
         recipes.append(recipe)
         return recipe.lr * recipe.width  # any deterministic score
 
     hyperopt.fmin(objective, to_hyperopt_space(space), algo=hyperopt.tpe.suggest, max_evals=30,
                   rstate=np.random.default_rng(0), show_progressbar=False)
-    assert len(recipes) == 30
     assert {r.lr_schedule for r in recipes} == {"onecycle", "cosine", "step"}
+    assert all(1e-3 <= r.lr <= 0.5 and r.width in (16, 24, 32) for r in recipes)
 
 
 def test_ray_hyperopt_search_suggestions_merge_with_fixed_values():
@@ -417,6 +388,7 @@ def test_ray_hyperopt_search_suggestions_merge_with_fixed_values():
         suggestion = searcher.suggest(str(i))
         config = merge_dicts(space.fixed, suggestion)  # what the trial receives
         recipe = build_recipe(flatten_config(config))
+        assert {k: getattr(recipe, k) for k in space.fixed} == space.fixed
         schedules.add(recipe.lr_schedule)
         assert ("step_size" in flatten_config(config)) == (recipe.lr_schedule == "step")
         searcher.on_trial_complete(str(i), {"val_acc": recipe.lr})
@@ -546,5 +518,5 @@ def test_property_space_constructs_and_samples_valid_recipes_or_refuses(entries,
 
 
 def test_yaml_dump_is_safe_loadable():
-    text = load_space("strategies").to_yaml()
-    assert isinstance(yaml.safe_load(text), dict)
+    space = load_space("strategies")
+    assert SearchSpace(yaml.safe_load(space.to_yaml())) == space

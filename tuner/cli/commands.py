@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_spaces)
 
     p = sub.add_parser("knobs", help="every Recipe knob: meaning, valid values, default")
-    p.add_argument("--markdown", action="store_true", help="as the README's markdown table")
+    p.add_argument("--markdown", action="store_true", help="as the markdown table of docs/knobs.md")
     p.set_defaults(func=_cmd_knobs)
     return parser
 
