@@ -56,8 +56,9 @@ class Recipe:
     dataset: str = knob("digits", "dataset to train on", "data", choices=DATASETS)
     data_dir: str = knob("data", "folder holding the dataset files (ignored by digits/synthetic)",
                          "data", unit="path")
-    download: bool = knob(False, "download the dataset into data_dir if missing (never by "
-                          "default: no network at run time)", "data")
+    download: bool = knob(False, "download the dataset into data_dir, and pretrained weights "
+                          "into torch hub's cache, if missing (never by default: no network at "
+                          "run time)", "data")
     val_fraction: float = knob(0.1, "fraction of the training split held out for validation",
                                "data", low=0.0, high=0.5, low_open=True)
     image_size: int = knob(32, "side of the square images the model sees (resized if needed)",
