@@ -70,15 +70,22 @@ def check_combinations(space: SearchSpace) -> None:
             seen.add(key)
             try:
                 recipe = Recipe.from_dict(config)
-                if (recipe.model, recipe.pretrained) not in checked:  # opens files: once a pair
-                    checked.add((recipe.model, recipe.pretrained))
-                    check_runnable(recipe.model, recipe.pretrained)
             except ConfigError as e:
                 named = _named_knobs(str(e), config, tuned) or [k for k in tuned if k in config]
                 shown = " ".join(f"{k}={config[k]!r}" for k in named)
                 first = next((k for k in named if k in tuned), None)
                 raise SpaceError(f"space allows {shown} which is invalid: {e}",
                                  knob=first) from None
+            pair = (recipe.model, recipe.pretrained)
+            if pair not in checked:  # opens files, imports torchvision: once a pair
+                checked.add(pair)
+                try:
+                    check_runnable(*pair)
+                except ConfigError as e:
+                    knob = "pretrained" if recipe.pretrained != "none" else "model"
+                    raise SpaceError(f"space allows model={pair[0]!r} pretrained={pair[1]!r}, "
+                                     f"which cannot run: {e}",
+                                     knob=knob if knob in tuned else None) from None
 
 
 def _discrete_assignments(discrete: dict[str, Distribution], rng: random.Random) -> list[dict]:

@@ -124,7 +124,7 @@ SPACES: dict[str, tuple[str, ...]] = {
                                     "< epochs"),
     "space_pretrained_missing.yaml": ("space_pretrained_missing.yaml", "'pretrained'",
                                       "no checkpoint file"),
-    "space_pretrained_text.yaml": ("not_a_checkpoint.pt", "checkpoint"),
+    "space_pretrained_text.yaml": ("pretrained='not_a_checkpoint.pt'", "cannot run", "checkpoint"),
 }
 
 # valid spaces that tune(file) (`run`) refuses: device, data and budget rules
