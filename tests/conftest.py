@@ -9,7 +9,7 @@ import pytest
 import torch
 
 # Ray binds every port to 127.0.0.1 only in its single-machine mode, read when Ray is imported
-# (see tuner.running.api.prefer_loopback): tests never listen beyond loopback.
+# (see tuner.running.loopback.prefer_loopback): tests never listen beyond loopback.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 torch.set_num_threads(1)

@@ -2,6 +2,6 @@
 
 import sys
 
-from tuner.cli.commands import main
+from tuner.cli import main
 
 sys.exit(main())

@@ -322,10 +322,7 @@ def _one_line_warnings(message, category, filename, lineno, line=None) -> str:  
 def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _one_line_warnings
     parser = build_parser()
-    args = parser.parse_args(argv)
-    from tuner.running.api import prefer_loopback
-
-    prefer_loopback(getattr(args, "address", None))
+    args = parser.parse_args(argv)  # tuner.cli.main kept a local Ray on loopback already
     try:
         return args.func(args)
     except ConfigError as e:

@@ -7,7 +7,6 @@ A run is: validate the space -> load the data once on the driver -> put it in th
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict
 from datetime import datetime
@@ -18,6 +17,7 @@ from search_spaces import SearchSpace, load_space
 from trainables.errors import ConfigError
 from trainables.models import require_weights
 from trainables.recipe import KNOBS
+from tuner.running.loopback import prefer_loopback
 from tuner.running.results import TuneResult, collect_results
 from tuner.running.schedulers import SchedulerOptions
 from tuner.running.settings import RunSettings, possible_values
@@ -83,19 +83,6 @@ def _check_gpus(gpus_per_trial: float, address: str | None) -> None:
         raise ConfigError(f"gpus_per_trial: {gpus_per_trial:g} GPU(s) per trial, but this "
                           f"machine has {count:g}; no trial could start (give address: a "
                           "cluster with GPUs)")
-
-
-def prefer_loopback(address: str | None) -> None:
-    """A local run (no ``address``) keeps every Ray socket on 127.0.0.1.
-
-    Ray 2.60 on Linux binds its GCS, raylet and worker ports to all interfaces even when told
-    the node address is 127.0.0.1, unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (its
-    single-machine mode) is set before Ray is imported. A run that joins a cluster must not
-    set it (the driver's address must be the node's)."""
-    import sys
-
-    if not address and "ray" not in sys.modules:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 def _ray_initialized() -> bool:
