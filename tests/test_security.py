@@ -59,23 +59,13 @@ def test_cli_run_listens_on_loopback_only(tmp_path):
 def test_local_run_listens_on_loopback_only(ray_local, tmp_path):
     import psutil  # Ray's bundled copy, on the path once ray is imported
 
-    listening = {}
-
-    def sample():
-        me = psutil.Process()
-        for proc in [me, *me.children(recursive=True)]:
-            try:
-                for conn in proc.net_connections(kind="inet"):
-                    if conn.status == psutil.CONN_LISTEN:
-                        listening[(proc.pid, conn.laddr.port)] = (proc.name(), conn.laddr.ip)
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-
+    listening: dict = {}
+    me = psutil.Process()
     stop = threading.Event()
 
     def watch():
         while not stop.is_set():
-            sample()
+            _sample(me, listening)
             stop.wait(0.3)
 
     watcher = threading.Thread(target=watch, daemon=True)
