@@ -296,15 +296,18 @@ def test_check_model_name_accepts_valid_combinations() -> None:
 
 def test_check_runnable_is_the_one_place_for_models_and_files(tmp_path) -> None:
     """The Recipe's own rules are pure (no file, no torchvision); whether its model can be built
-    here is checked in one place, which the loop, the space check and the trials call."""
+    here is checked by check_runnable (space check, trials), from the same pieces build_model
+    refuses with while the loop builds: same messages either way."""
     recipe = Recipe.from_dict({"pretrained": str(tmp_path / "gone.pt")})  # a pure rule: accepted
     with pytest.raises(ConfigError, match=f"no checkpoint file at {tmp_path}/gone.pt"):
         check_runnable(recipe.model, recipe.pretrained)
     with pytest.raises(ConfigError, match="unknown model 'resnet_smal'"):
         check_runnable("resnet_smal")
-    with pytest.raises(ConfigError, match="unknown model"):  # the loop calls it first
+    with pytest.raises(ConfigError, match="unknown model"):  # the loop, through build_model
         Trainer(Recipe.from_dict({"model": "resnet_smal", "width": 8}), load_data("digits"),
                 torch.device("cpu"))
+    with pytest.raises(ConfigError, match=f"no checkpoint file at {tmp_path}/gone.pt"):
+        Trainer(recipe.replace(width=8), load_data("digits"), torch.device("cpu"))
     check_runnable("resnet18", "IMAGENET1K_V1")  # a recipe check: the cache is not looked at
 
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from trainables.augment import AugmentConfig, Augmenter, mix_batch
 from trainables.data import DataSplits, load_recipe_data
 from trainables.errors import first_line
-from trainables.models import apply_freeze, build_model, check_runnable, param_groups
+from trainables.models import apply_freeze, build_model, param_groups
 from trainables.optim import LRSchedule, build_optimizer, effective_lr
 from trainables.recipe import Recipe
 
@@ -108,7 +108,6 @@ class Trainer:
         torch.manual_seed(r.seed)
         self.gen = torch.Generator(device=dev).manual_seed(r.seed)
         self.data = self.data.to(dev)
-        check_runnable(r.model, r.pretrained, download=r.download)
         self.model = build_model(r.model, in_channels=self.data.in_channels,
                                  num_classes=self.data.num_classes, width=r.width,
                                  batch_norm=r.batch_norm, bn_momentum=r.bn_momentum,

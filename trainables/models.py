@@ -295,6 +295,7 @@ def build_model(name: str, *, in_channels: int, num_classes: int, width: int = 3
     Initialisation draws from torch's global RNG: seed it first for reproducible models.
     """
     _check_name(name)
+    _check_checkpoint_file(pretrained)
     weights = _resolve_weights(name, pretrained) if is_weights_name(pretrained) else None
     ckpt = None if weights is not None or pretrained == "none" else _read_checkpoint(
         Path(pretrained), name)
@@ -426,8 +427,16 @@ def missing_weights_error(missing: Iterable[str], *, node: str | None = None) ->
                      "(--set download=true) to fetch them (no network by default), or copy "
                      "them there")
     if files:
-        parts.append(f"no checkpoint file{on} at {', '.join(files)}")
+        parts.append(f"no checkpoint file{on} at {', '.join(files)} (expected a checkpoint.pt "
+                     "written by `cnn-tuner train`, or a torchvision weights name such as "
+                     "IMAGENET1K_V1)")
     return ConfigError("knob 'pretrained': " + "; ".join(parts))
+
+
+def _check_checkpoint_file(pretrained: str, node: str | None = None) -> None:
+    """A ``pretrained`` that is a path must name a file (here, or on ``node``)."""
+    if pretrained != "none" and not is_weights_name(pretrained) and not Path(pretrained).is_file():
+        raise missing_weights_error([pretrained], node=node)
 
 
 def check_runnable(model: str, pretrained: str = "none", *, download: bool | None = None,
@@ -435,13 +444,10 @@ def check_runnable(model: str, pretrained: str = "none", *, download: bool | Non
     """Whether a recipe's model can be built here, in one place (the Recipe's own rules are pure):
     the model exists, ``pretrained`` is a weights name it has or a checkpoint file holding it, and,
     unless ``download`` is None (a check of the recipe, not of this machine), its weights file is
-    on this machine or may be downloaded. The loop calls it before building anything, the space
-    check once per (model, pretrained) pair a space can produce, a trial with its ``node``."""
-    if pretrained != "none" and not is_weights_name(pretrained) and not Path(pretrained).is_file():
-        on = f" on node {node}" if node else ""
-        raise ConfigError(f"knob 'pretrained': no checkpoint file{on} at {pretrained} (expected "
-                          "a checkpoint.pt written by `cnn-tuner train`, or a torchvision weights "
-                          "name such as IMAGENET1K_V1)")
+    on this machine or may be downloaded. The space check calls it once per (model, pretrained)
+    pair a space can produce, a trial with its ``node`` before training; ``build_model`` refuses
+    the same things with the same messages while it builds (the loop needs no separate call)."""
+    _check_checkpoint_file(pretrained, node)
     check_model_name(model, pretrained)
     if download is not None:
         missing = missing_weights(model, pretrained, download)
