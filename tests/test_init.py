@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from trainables.data import DataSplits, load_data
 from trainables.loop import train
-from trainables.models import build_model, head_module, list_models
+from trainables.models import build_model, list_models
+from trainables.parts import head_module
 from trainables.recipe import Recipe
 from trainables.small_models import BasicBlock
 

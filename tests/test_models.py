@@ -14,15 +14,12 @@ from trainables.data import load_data
 from trainables.errors import ConfigError
 from trainables.loop import Trainer
 from trainables.models import (
-    apply_freeze,
-    backbone_blocks,
     build_model,
     check_model_name,
     check_runnable,
-    head_module,
     list_models,
-    param_groups,
 )
+from trainables.parts import apply_freeze, backbone_blocks, head_module, param_groups
 from trainables.recipe import Recipe
 
 TORCHVISION = ["resnet18", "mobilenet_v3_small"]

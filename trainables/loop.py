@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from trainables.augment import AugmentConfig, Augmenter, mix_batch
 from trainables.data import DataSplits, load_recipe_data
 from trainables.errors import first_line
-from trainables.models import apply_freeze, build_model, param_groups
+from trainables.models import build_model
 from trainables.optim import LRSchedule, build_optimizer, effective_lr
+from trainables.parts import apply_freeze, param_groups
 from trainables.recipe import Recipe
 
 Report = Callable[[dict[str, Any], Callable[[], dict[str, Any]]], Any]
