@@ -48,8 +48,7 @@ from search_spaces.space import SearchSpace, _plain
 from trainables.errors import ConfigError
 
 __all__ = ["ClipToSpace", "ConditionalSample", "OptunaSpace", "flatten_config", "merge_fixed",
-           "pbt_mutations",
-           "to_hyperopt_space", "to_optuna_space", "to_tune_param_space"]
+           "pbt_mutations", "to_hyperopt_space", "to_optuna_space", "to_tune_param_space"]
 
 # hyperopt's quniform rounds uniform(low, high) / q; widening by just under half a step gives
 # every integer the same mass and never rounds outside [low, high]

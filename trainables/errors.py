@@ -29,6 +29,13 @@ def first_line(error: BaseException, limit: int = 300) -> str:
     return text.splitlines()[0][:limit] if text else type(error).__name__
 
 
+def last_line(error: BaseException, limit: int = 300) -> str:
+    """The last non-empty line of an error's text (a Ray task or trial error is a traceback that
+    ends with the cause's message), or its type's name when it has none."""
+    lines = [ln for ln in str(error).splitlines() if ln.strip()]
+    return lines[-1][:limit] if lines else type(error).__name__
+
+
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     """`` (did you mean 'x'?)`` for the closest of ``candidates``, or an empty string."""
     close = difflib.get_close_matches(name, list(candidates), n=1)

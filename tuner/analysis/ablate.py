@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 from scipy import stats
 
-from trainables.errors import ConfigError
+from trainables.errors import ConfigError, last_line
 from trainables.recipe import Recipe
 from tuner.running.settings import check_resources
 from tuner.running.storage import check_folder_target
@@ -102,9 +102,8 @@ def _run_all(jobs: list[tuple[str, int, Recipe]], recipe: Recipe, cpus: float, g
             try:
                 row = {"strategy": name, "seed": seed, **ray.get(ref), "error": ""}
             except ray.exceptions.RayError as e:
-                line = [s for s in str(e).splitlines() if s.strip()][-1:] or [type(e).__name__]
                 row = {"strategy": name, "seed": seed, "val_acc": math.nan,
-                       "test_acc": math.nan, "error": line[0][:300]}
+                       "test_acc": math.nan, "error": last_line(e)}
             rows.append(row)
             log(f"[{len(rows)}/{len(jobs)}] {name} seed {seed}: test_acc "
                 f"{row['test_acc']:.4f}" + (f" (error: {row['error']})" if row["error"] else ""))

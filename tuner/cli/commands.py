@@ -164,9 +164,6 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     from trainables.recipe import Recipe
     from tuner.analysis.ablate import ablate, default_out, format_table
 
-    if args.seeds < 2:
-        raise ConfigError(f"--seeds: must be >= 2 (a confidence interval needs at least two "
-                          f"runs per variant), got {args.seeds}")
     recipe = Recipe.from_yaml(args.recipe)
     result = ablate(recipe, seeds=args.seeds, epochs=args.epochs,
                     out=args.out or default_out(args.recipe), cpus_per_trial=args.cpus_per_trial,

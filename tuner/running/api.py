@@ -20,11 +20,10 @@ from trainables.recipe import KNOBS
 from tuner.running.loopback import prefer_loopback
 from tuner.running.results import TuneResult, collect_results
 from tuner.running.schedulers import SchedulerOptions
-from tuner.running.settings import RunSettings, possible_values
+from tuner.running.settings import DEFAULT_NUM_SAMPLES, RunSettings, possible_values
 from tuner.running.storage import check_folder_target, is_uri
 
 DEFAULT_STORAGE = "cnn-tuner-results"
-DEFAULT_NUM_SAMPLES = 16
 
 
 def resolve_space(space: SearchSpace | dict | str | Path, *, dataset: str | None = None,

@@ -57,8 +57,7 @@ class FilledHyperBand(HyperBandScheduler):
     def __init__(self, *args: Any, num_trials: int = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._num_trials = num_trials
-        self._added = 0
-        self._processing = False
+        self._processing = False  # stopping a trial while processing calls back into on_remove
         last = self._s_max_1 - 1
         n0, r0 = self._get_n0, self._get_r0
         # Ray builds bracket k of a band with s = k; the paper's k-th bracket has s = s_max - k
@@ -71,7 +70,7 @@ class FilledHyperBand(HyperBandScheduler):
         return self._get_n0(0)
 
     def all_trials_added(self) -> bool:
-        return 0 < self._num_trials <= self._added
+        return 0 < self._num_trials <= len(self._trial_info)
 
     def _create_bracket(self, k: int) -> _FilledBracket:
         return _FilledBracket(
@@ -85,7 +84,6 @@ class FilledHyperBand(HyperBandScheduler):
             bracket._live_trials.setdefault(trial, None)  # noqa: SLF001
             return
         super().on_trial_add(tune_controller, trial)
-        self._added += 1
         if trial.status in ("TERMINATED", "ERROR"):
             # a resumed experiment adds its ended trials too (Ray keeps no scheduler state):
             # they fill their bracket as before, but wait at no milestone
@@ -107,10 +105,12 @@ class FilledHyperBand(HyperBandScheduler):
             self._process(tune_controller, bracket)
 
     def _process(self, tune_controller: Any, bracket: _FilledBracket) -> None:
-        if self._processing or not bracket.cur_iter_done():
-            return  # stopping a trial inside processing calls back in here
-        self._processing = True
-        try:
+        if not self._processing and bracket.cur_iter_done():
             self._process_bracket(tune_controller, bracket)
+
+    def _process_bracket(self, tune_controller: Any, bracket: Any) -> str:
+        self._processing = True  # on every path: Ray's on_trial_result calls this directly
+        try:
+            return super()._process_bracket(tune_controller, bracket)
         finally:
             self._processing = False

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from trainables.errors import ConfigError
+from trainables.errors import ConfigError, last_line
 from trainables.recipe import KNOBS, Recipe
 from tuner.running import storage
 
@@ -57,12 +57,6 @@ def _status(metrics: dict[str, Any], error: Any, scheduler: str) -> tuple[str, s
     return "early_stopped", f"{scheduler}_stopped"
 
 
-def _error_line(error: Any) -> str:
-    text = str(error).strip().splitlines()
-    last = [ln for ln in text if ln.strip()]
-    return last[-1][:300] if last else type(error).__name__
-
-
 def trial_rows(result_grid: Any, scheduler: str) -> pd.DataFrame:
     """One row per trial from a Ray ResultGrid."""
     rows = []
@@ -77,7 +71,7 @@ def trial_rows(result_grid: Any, scheduler: str) -> pd.DataFrame:
         row.update({k: v for k, v in (res.config or {}).items() if k in KNOBS})
         row.update({k: metrics.get(k, math.nan) for k in METRIC_COLUMNS})
         row["time_total_s"] = metrics.get("time_total_s", math.nan)
-        row["error"] = _error_line(res.error) if res.error is not None else ""
+        row["error"] = last_line(res.error) if res.error is not None else ""
         row["path"] = res.path
         rows.append(row)
     return pd.DataFrame(rows)

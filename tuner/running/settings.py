@@ -17,6 +17,7 @@ from tuner.running import storage
 from tuner.running.schedulers import PAUSING, check_pairing
 
 SETTINGS_FILE = "cnn_tuner_run.json"
+DEFAULT_NUM_SAMPLES = 16
 
 
 @dataclass
@@ -26,7 +27,7 @@ class RunSettings:
     space: dict[str, Any]
     searcher: str = "tpe"
     scheduler: str = "asha"
-    num_samples: int = 16
+    num_samples: int = DEFAULT_NUM_SAMPLES
     max_epochs: int = 12
     metric: str = "val_acc"
     mode: str = "max"
@@ -40,8 +41,31 @@ class RunSettings:
     shared_storage: bool = False  # every cluster node sees the storage path (tuner.running.cluster)
 
     def validate(self, space: SearchSpace) -> None:
-        """Refuse settings no run can use, in one line (resources, counts, pairings, fp16)."""
-        _validate(self, space)
+        """Refuse settings no run can use, in one line, before Ray starts (resources, counts,
+        pairings, fp16). Messages name the Python parameter; the CLI shows its flag instead."""
+        check_resources(self.cpus_per_trial, self.gpus_per_trial)
+        if self.num_samples < 1:
+            raise ConfigError(f"num_samples: must be >= 1, got {self.num_samples}")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            raise ConfigError(f"max_concurrent: must be >= 1, got {self.max_concurrent}")
+        if self.mode not in ("min", "max"):
+            raise ConfigError(f"mode: must be 'min' or 'max', got {self.mode!r}")
+        if self.checkpoint_every < 1:
+            raise ConfigError(f"checkpoint_every: must be >= 1 epoch, got "
+                              f"{self.checkpoint_every}")
+        if self.max_failures < -1:
+            raise ConfigError(f"max_failures: must be >= 0 (or -1: retry forever), got "
+                              f"{self.max_failures}")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed: must be in [0, 2**32), got {self.seed}")
+        if self.scheduler in PAUSING and self.checkpoint_every != 1:
+            raise ConfigError(f"checkpoint_every: scheduler {self.scheduler!r} pauses trials "
+                              "and resumes them from the checkpoint of their last epoch, so it "
+                              f"needs 1, got {self.checkpoint_every}")
+        check_pairing(self.searcher, self.scheduler)
+        if self.gpus_per_trial == 0 and "fp16" in possible_values(space, "precision"):
+            raise ConfigError("knob 'precision': the space allows fp16, which needs a CUDA "
+                              "device, but gpus_per_trial is 0")
 
     def save(self, path: str) -> None:
         storage.write_text(storage.join(path, SETTINGS_FILE),
@@ -85,31 +109,3 @@ def check_resources(cpus_per_trial: float, gpus_per_trial: float) -> None:
     if gpus_per_trial > 1 and gpus_per_trial != int(gpus_per_trial):
         raise ConfigError(f"gpus_per_trial: above 1 it must be a whole number, got "
                           f"{gpus_per_trial}")
-
-
-def _validate(settings: RunSettings, space: SearchSpace) -> None:
-    """Every rule of a run's settings, checked before Ray starts. Messages name the Python
-    parameter (the CLI shows its flag instead: tuner.cli.commands)."""
-    check_resources(settings.cpus_per_trial, settings.gpus_per_trial)
-    if settings.num_samples < 1:
-        raise ConfigError(f"num_samples: must be >= 1, got {settings.num_samples}")
-    if settings.max_concurrent is not None and settings.max_concurrent < 1:
-        raise ConfigError(f"max_concurrent: must be >= 1, got {settings.max_concurrent}")
-    if settings.mode not in ("min", "max"):
-        raise ConfigError(f"mode: must be 'min' or 'max', got {settings.mode!r}")
-    if settings.checkpoint_every < 1:
-        raise ConfigError(f"checkpoint_every: must be >= 1 epoch, got "
-                          f"{settings.checkpoint_every}")
-    if settings.max_failures < -1:
-        raise ConfigError(f"max_failures: must be >= 0 (or -1: retry forever), got "
-                          f"{settings.max_failures}")
-    if not 0 <= settings.seed < 2**32:
-        raise ConfigError(f"seed: must be in [0, 2**32), got {settings.seed}")
-    if settings.scheduler in PAUSING and settings.checkpoint_every != 1:
-        raise ConfigError(f"checkpoint_every: scheduler {settings.scheduler!r} pauses trials and "
-                          "resumes them from the checkpoint of their last epoch, so it needs 1, "
-                          f"got {settings.checkpoint_every}")
-    check_pairing(settings.searcher, settings.scheduler)
-    if settings.gpus_per_trial == 0 and "fp16" in possible_values(space, "precision"):
-        raise ConfigError("knob 'precision': the space allows fp16, which needs a CUDA device, "
-                          "but gpus_per_trial is 0")
