@@ -69,7 +69,7 @@ def machine_speedup(pool: multiprocessing.pool.Pool, iters: int) -> float:
 
 def main() -> None:
     args = parse_args()
-    from tuner import tune
+    from tuner import Resources, RunConfig, TuneConfig, tune
 
     space = {"dataset": "digits", "image_size": args.image_size, "width": args.width,
              "epochs": args.epochs, "seed": {"randint": [0, 2**20]}}
@@ -81,9 +81,12 @@ def main() -> None:
         for rep in range(args.repeats):
             for conc in (1, 2):
                 machine.append(machine_speedup(pool, args.burn_iters))
-                res = tune(space, num_samples=args.trials, searcher="tpe", scheduler="fifo",
-                           max_concurrent=conc, cpus_per_trial=1, storage=tmp,
-                           name=f"concurrency-{conc}-{rep}", verbose=0, seed=rep)
+                res = tune(space, num_samples=args.trials,
+                           tune_config=TuneConfig(searcher="tpe", scheduler="fifo",
+                                                  max_concurrent=conc, seed=rep),
+                           resources=Resources(cpus_per_trial=1),
+                           run_config=RunConfig(storage=tmp, name=f"concurrency-{conc}-{rep}",
+                                                verbose=0))
                 df = res.dataframe
                 pids = set()
                 for path in df["path"]:

@@ -80,14 +80,16 @@ def scheduler_options(args: argparse.Namespace) -> Any:
 
 
 def run_tuner(args: argparse.Namespace, method: str, seed: int, tmp: str) -> dict[str, Any]:
-    from tuner import tune
+    from tuner import RunConfig, TuneConfig, tune
 
     searcher = {"tpe_asha": "tpe", "random_full": "random", "tpe_full": "tpe"}[method]
     scheduler = "asha" if method == "tpe_asha" else "fifo"
     res = tune(args.space, num_samples=args.num_samples, max_epochs=args.max_epochs,
-               searcher=searcher, scheduler=scheduler, fixed=parse_fixed(args.fixed),
-               max_concurrent=args.max_concurrent, storage=tmp, name=f"{method}-{seed}",
-               scheduler_options=scheduler_options(args), verbose=0, seed=seed)
+               fixed=parse_fixed(args.fixed),
+               tune_config=TuneConfig(searcher=searcher, scheduler=scheduler,
+                                      max_concurrent=args.max_concurrent, seed=seed,
+                                      scheduler_options=scheduler_options(args)),
+               run_config=RunConfig(storage=tmp, name=f"{method}-{seed}", verbose=0))
     s = res.summary
     return {"trial_epochs": s["total_trial_epochs"], "wall_s": s["wall_time_s"],
             "best_val_acc": s["best_val_acc"], "best_test_acc": s["best_test_acc"],

@@ -86,11 +86,13 @@ def run_optuna(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_tuner(args: argparse.Namespace, tmp: str, name: str,
               max_concurrent: int | None) -> dict[str, Any]:
-    from tuner import tune
+    from tuner import Resources, RunConfig, TuneConfig, tune
 
-    res = tune(space_dict(args), num_samples=args.trials, searcher="tpe", scheduler="fifo",
-               cpus_per_trial=1, max_concurrent=max_concurrent, storage=tmp, name=name,
-               verbose=0, seed=0)
+    res = tune(space_dict(args), num_samples=args.trials,
+               tune_config=TuneConfig(searcher="tpe", scheduler="fifo",
+                                      max_concurrent=max_concurrent, seed=0),
+               resources=Resources(cpus_per_trial=1),
+               run_config=RunConfig(storage=tmp, name=name, verbose=0))
     df = res.dataframe
     pids = {r["pid"] for p in df["path"] for r in trial_results(p)}
     return {"wall_s": res.summary["wall_time_s"], "best_val_acc": res.summary["best_val_acc"],

@@ -50,7 +50,7 @@ def main() -> None:
     from trainables.data import load_data
     from trainables.loop import train
     from trainables.recipe import Recipe
-    from tuner import tune
+    from tuner import Resources, RunConfig, TuneConfig, tune
 
     torch.set_num_threads(args.threads)
     knobs = {"dataset": "digits", "image_size": args.image_size, "width": args.width,
@@ -92,9 +92,10 @@ def main() -> None:
             val_accs["b"] = [m["val_acc"] for m in res.history]
 
             # (c) one trial in Ray Tune
-            result = tune(knobs, num_samples=1, searcher="random", scheduler="fifo",
-                          cpus_per_trial=args.threads, storage=tmp, name=f"overhead-{rep}",
-                          verbose=0, seed=0)
+            result = tune(knobs, num_samples=1,
+                          tune_config=TuneConfig(searcher="random", scheduler="fifo", seed=0),
+                          resources=Resources(cpus_per_trial=args.threads),
+                          run_config=RunConfig(storage=tmp, name=f"overhead-{rep}", verbose=0))
             row = result.dataframe.iloc[0]
             if row["status"] == "errored":
                 raise RuntimeError(f"the Ray trial failed: {row['error']}")

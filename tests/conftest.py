@@ -33,13 +33,14 @@ def lr_experiment(ray_local, tmp_path_factory):
     (grace 1, eta 2) stops some trials early. Shared by the report and ablation tests, which
     must not write into it (copy it first). Returns the experiment folder."""
     from search_spaces import loguniform, randint, uniform
-    from tuner import tune
     from tuner.running.schedulers import SchedulerOptions
+
+    from grouped import run_tune
 
     space = {"dataset": "digits", "width": 8, "batch_size": 128,
              "lr": loguniform(1e-5, 0.5), "seed": randint(0, 1000),
              "label_smoothing": uniform(0.0, 0.01)}
-    res = tune(space, searcher="random", scheduler="asha", num_samples=12, max_epochs=3,
+    res = run_tune(space, searcher="random", scheduler="asha", num_samples=12, max_epochs=3,
                seed=0, scheduler_options=SchedulerOptions(grace_period=1, reduction_factor=2),
                storage=tmp_path_factory.mktemp("report"), name="lr_only", verbose=0)
     return Path(res.path)

@@ -4,8 +4,9 @@ anything starts (no Ray, nothing written)."""
 import pytest
 
 from trainables.errors import ConfigError
-from tuner import tune
 from tuner.cli import main
+
+from grouped import run_tune
 
 TINY = {"dataset": "digits", "width": 8}
 
@@ -27,7 +28,7 @@ TINY = {"dataset": "digits", "width": 8}
 def test_library_names_parameters_cli_names_flags(kwargs, param, argv, flag, tmp_path, capsys):
     space = {**TINY, "lr": {"grid": [0.1, 0.2]}} if kwargs.get("searcher") == "grid" else TINY
     with pytest.raises(ConfigError) as err:
-        tune(space, storage=tmp_path, verbose=0, **kwargs)
+        run_tune(space, storage=tmp_path, verbose=0, **kwargs)
     assert param in str(err.value) and "--" not in str(err.value)
     space_file = tmp_path / "space.yaml"
     space_file.write_text("dataset: digits\nwidth: 8\nlr: {grid: [0.1, 0.2]}\n"
@@ -37,3 +38,28 @@ def test_library_names_parameters_cli_names_flags(kwargs, param, argv, flag, tmp
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and flag in lines[0], lines
     assert not (tmp_path / "runs").exists()
+
+
+def test_argument_groups_have_unique_fields_that_cover_the_run_settings():
+    """Errors name a field alone (``num_samples: ...``), and the CLI maps a field to its flag:
+    both need each name in one group only. Every run setting is reachable from a group."""
+    from dataclasses import fields
+
+    from tuner.running.settings import RunSettings
+
+    from grouped import GROUPS
+
+    names = [f.name for cls in GROUPS.values() for f in fields(cls)]
+    assert len(names) == len(set(names)), names
+    derived = {"space"}  # the space argument itself
+    assert {f.name for f in fields(RunSettings)} - derived <= set(names)
+
+
+@pytest.mark.parametrize("key", ["num_samples", "max_epochs"])
+def test_a_shortcut_given_twice_is_refused(key, tmp_path):
+    from tuner import RunConfig, TuneConfig, tune
+
+    with pytest.raises(ConfigError, match=f"^{key}: given both to tune\\(\\) and in its"):
+        tune(TINY, **{key: 2}, tune_config=TuneConfig(**{key: 3}),
+             run_config=RunConfig(storage=tmp_path, verbose=0))
+    assert not any(tmp_path.iterdir())

@@ -29,8 +29,9 @@ from search_spaces import SearchSpace
 from trainables.errors import ConfigError
 from trainables.loop import train
 from trainables.recipe import Recipe
-from tuner import tune
 from tuner.cli import main
+
+from grouped import run_tune
 
 BAD = Path(__file__).parent / "bad_inputs"
 
@@ -290,7 +291,7 @@ def test_tune_refuses_a_space_it_cannot_run(name: str, expected: tuple[str, ...]
     SearchSpace.from_yaml(name)  # a valid space: these are tune()'s own checks
     storage = tmp_path / "storage"
     with _starts_no_ray():
-        line = _api_refuses(lambda: tune(name, storage=storage, num_samples=1, verbose=0))
+        line = _api_refuses(lambda: run_tune(name, storage=storage, num_samples=1, verbose=0))
     _has_all(line, expected)
     assert not storage.exists()
 

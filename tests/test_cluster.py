@@ -555,9 +555,10 @@ def test_worker_node_failure_loses_no_trial(two_nodes, tmp_path):
 @pytest.mark.ray
 def test_two_gpus_per_trial_gives_a_trial_both_gpus(ray_local, tmp_path):
     from search_spaces import grid
-    from tuner import tune
 
-    res = tune({"dataset": "digits", "width": 8, "lr": grid([0.1, 0.2])}, searcher="grid",
+    from grouped import run_tune
+
+    res = run_tune({"dataset": "digits", "width": 8, "lr": grid([0.1, 0.2])}, searcher="grid",
                scheduler="fifo", max_epochs=1, cpus_per_trial=0.5, gpus_per_trial=2,
                storage=tmp_path, name="gpu2", verbose=0)
     rows = [r[-1] for r in _trial_results(tmp_path / "gpu2").values()]

@@ -36,10 +36,11 @@ import pytest
 from search_spaces import SearchSpace, choice, grid, loguniform, randint, uniform
 from search_spaces.distributions import Choice, _same
 from trainables.errors import ConfigError
-from tuner import tune
 from tuner.cli import main
 from tuner.running.schedulers import REFUSED_PAIRS, SCHEDULERS
 from tuner.running.searchers import SEARCHERS, startup_points
+
+from grouped import run_tune
 
 pytestmark = pytest.mark.ray
 
@@ -120,7 +121,7 @@ def contract_runs(ray_local, tmp_path_factory):
     def run(searcher: str, scheduler: str) -> tuple[pd.DataFrame, Path]:
         if (searcher, scheduler) not in cache:
             samples = None if searcher == "grid" else NUM_SAMPLES  # grid: every point once
-            res = tune(space_for(searcher), searcher=searcher, scheduler=scheduler,
+            res = run_tune(space_for(searcher), searcher=searcher, scheduler=scheduler,
                        num_samples=samples, max_epochs=MAX_EPOCHS, seed=SEED, storage=root,
                        name=f"{searcher}-{scheduler}", max_failures=0, verbose=0)
             cache[searcher, scheduler] = res.dataframe, Path(res.path)
@@ -187,7 +188,7 @@ def test_model_based_searchers_repeat_one_at_a_time(ray_local, tmp_path, searche
     space = SearchSpace.from_dict(SPACE)
     runs = []
     for name in ("one", "two"):
-        res = tune(SPACE, searcher=searcher, scheduler="fifo", num_samples=6, max_epochs=1,
+        res = run_tune(SPACE, searcher=searcher, scheduler="fifo", num_samples=6, max_epochs=1,
                    seed=SEED, max_concurrent=1, storage=tmp_path, name=name, verbose=0)
         runs.append(proposals(Path(res.path), space))
     assert len(runs[0]) == 6 and runs[0] == runs[1]
@@ -281,4 +282,4 @@ def test_contract_covers_every_registered_pair():
     assert {s for s, _ in KILLS} == set(SEARCHERS)
     assert {s for _, s in KILLS} == set(SCHEDULERS)
     with pytest.raises(ConfigError, match="unknown scheduler"):
-        tune(SPACE, scheduler="nope", verbose=0)
+        run_tune(SPACE, scheduler="nope", verbose=0)

@@ -21,8 +21,9 @@ from trainables.data import DataSplits, load_data
 from trainables.errors import ConfigError
 from trainables.loop import Trainer, TrialOutOfMemory
 from trainables.recipe import Recipe
-from tuner import tune
 from tuner.cli import main
+
+from grouped import run_tune
 
 TINY = {"dataset": "digits", "width": 8}
 
@@ -81,7 +82,7 @@ def test_oom_trial_is_errored_and_the_experiment_goes_on(ray_local, tmp_path, mo
     ray_local.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     real = runner.load_run_data
     monkeypatch.setattr(runner, "load_run_data", lambda space: OOMSplits.wrap(real(space)))
-    res = tune({**TINY, "batch_size": grid([32, 128])}, searcher="grid", scheduler="fifo",
+    res = run_tune({**TINY, "batch_size": grid([32, 128])}, searcher="grid", scheduler="fifo",
                max_epochs=1, storage=tmp_path, name="oom", max_failures=0, verbose=0)
     df = res.dataframe.set_index("batch_size")
     assert df.loc[32, "status"] == "completed"
@@ -129,7 +130,7 @@ def test_truncated_checkpoint_is_refused_naming_the_file(tmp_path):
 
 @pytest.mark.ray
 def test_corrupt_experiment_state_is_a_clear_error(ray_local, tmp_path, capsys):
-    tune({**TINY, "lr": 0.1}, searcher="random", scheduler="fifo", num_samples=1, max_epochs=1,
+    run_tune({**TINY, "lr": 0.1}, searcher="random", scheduler="fifo", num_samples=1, max_epochs=1,
          storage=tmp_path, name="exp", verbose=0)
     state = sorted((tmp_path / "exp").glob("experiment_state-*.json"))[-1]
     state.write_text(state.read_text()[:40])
@@ -178,7 +179,7 @@ def test_killed_trial_workers_resume_from_their_checkpoints(ray_local, tmp_path)
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     try:
-        res = tune({**TINY, "lr": loguniform(0.05, 0.3)}, searcher="random", scheduler="fifo",
+        res = run_tune({**TINY, "lr": loguniform(0.05, 0.3)}, searcher="random", scheduler="fifo",
                    num_samples=4, max_epochs=5, storage=tmp_path, name="exp", max_failures=6,
                    verbose=0)
     finally:

@@ -9,7 +9,8 @@ import time
 import pytest
 
 from search_spaces import loguniform
-from tuner import tune
+
+from grouped import run_tune
 
 LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
 
@@ -71,7 +72,7 @@ def test_local_run_listens_on_loopback_only(ray_local, tmp_path):
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:  # sockets of Ray's GCS, raylet, object manager and the trial workers, while trials run
-        tune({"dataset": "digits", "width": 8, "lr": loguniform(0.01, 0.3)}, searcher="random",
+        run_tune({"dataset": "digits", "width": 8, "lr": loguniform(0.01, 0.3)}, searcher="random",
              scheduler="fifo", num_samples=2, max_epochs=2, storage=tmp_path, name="sec",
              verbose=0)
     finally:

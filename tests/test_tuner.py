@@ -16,16 +16,17 @@ from trainables.data import DataSplits
 from trainables.errors import ConfigError
 from trainables.loop import train
 from trainables.recipe import Recipe
-from tuner import tune
 from tuner.running.schedulers import SchedulerOptions, build_scheduler
 from tuner.running.searchers import build_search
+
+from grouped import run_tune
 
 TINY = {"dataset": "digits", "width": 8, "batch_size": 128}
 
 
 def _tune(tmp_path, space, **kw):
     kw.setdefault("verbose", 0)
-    return tune(space, storage=tmp_path, name=kw.pop("name", "exp"), **kw)
+    return run_tune(space, storage=tmp_path, name=kw.pop("name", "exp"), **kw)
 
 
 def _trial_record(path: str) -> tuple[dict, dict]:
@@ -157,6 +158,7 @@ def test_best_recipe_retrains_to_same_val_acc(ray_local, tmp_path):
 
 @pytest.mark.ray
 def test_programmatic_space_like_the_readme(ray_local, tmp_path):
+    from tuner import RunConfig
     from tuner import tune as tune_
 
     space = {
@@ -166,8 +168,8 @@ def test_programmatic_space_like_the_readme(ray_local, tmp_path):
         "lr_schedule": choice(["step", "onecycle"]),
         "step_size": randint(1, 2, when={"lr_schedule": "step"}),
     }
-    result = tune_(space, num_samples=3, max_epochs=2, storage=tmp_path, name="readme",
-                   verbose=0)
+    result = tune_(space, num_samples=3, max_epochs=2,
+                   run_config=RunConfig(storage=tmp_path, name="readme", verbose=0))
     assert len(result.dataframe) == 3
     _assert_best_is_the_best_finished_trial(result)
     assert result.best_recipe.dataset == "digits" and result.path.endswith("readme")

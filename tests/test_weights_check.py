@@ -35,7 +35,8 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def _transfer_missing(*sets: str) -> list[str]:
     """What the driver's check finds for the transfer space (as tune() composes it)."""
-    space = resolve_space("transfer", dataset="digits", max_epochs=1, fixed=parse_sets(list(sets)))
+    space = resolve_space("transfer", max_epochs=1,
+                          fixed={**parse_sets(list(sets)), "dataset": "digits"})
     download = all(possible_values(space, "download"))
     return [f for m in sorted(possible_values(space, "model"))
             for p in sorted(possible_values(space, "pretrained"))

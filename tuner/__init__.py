@@ -6,7 +6,8 @@ does not import Ray yet: a local run must set Ray's single-machine mode before R
 
 from typing import Any
 
-__all__ = ["tune", "resume", "TuneResult"]
+__all__ = ["tune", "resume", "TuneConfig", "Resources", "RunConfig", "SchedulerOptions",
+           "TuneResult"]
 
 
 def __getattr__(name: str) -> Any:
@@ -14,6 +15,14 @@ def __getattr__(name: str) -> Any:
         from tuner.running import api
 
         return getattr(api, name)
+    if name in ("TuneConfig", "Resources", "RunConfig"):
+        from tuner.running import config
+
+        return getattr(config, name)
+    if name == "SchedulerOptions":
+        from tuner.running.schedulers import SchedulerOptions
+
+        return SchedulerOptions
     if name == "TuneResult":
         from tuner.running.results import TuneResult
 

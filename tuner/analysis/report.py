@@ -39,6 +39,7 @@ class Experiment:
 
     path: Path
     settings: RunSettings
+    space: SearchSpace  # the space searched, built once from the settings
     trials: pd.DataFrame  # results.csv
     summary: dict
     curves: dict[str, pd.DataFrame]  # trial_id -> a row per epoch
@@ -92,7 +93,7 @@ def load_experiment(path: str | Path, source: str = "") -> Experiment:
     tuned = [k for k in space.tuned if k in trials.columns]
     log_knobs = {k for k, d in space.tuned.items() if isinstance(d, LogUniform)}
     curves = {t: read_curve(_trial_dir(p, t), settings.metric) for t in trials["trial_id"]}
-    return Experiment(p, settings, trials, summary, curves, tuned, log_knobs, source)
+    return Experiment(p, settings, space, trials, summary, curves, tuned, log_knobs, source)
 
 
 def epoch_events(curves: dict[str, pd.DataFrame], metric: str) -> pd.DataFrame:
@@ -333,7 +334,7 @@ def _write_report(exp: Experiment, out_dir: Path) -> Path:
     for stem, png in pngs.items():
         (out_dir / f"{stem}.png").write_bytes(png)
     space_file = out_dir / "space.yaml"  # for the rerun command
-    SearchSpace.from_dict(exp.settings.space).to_yaml(space_file)
+    exp.space.to_yaml(space_file)
     index = out_dir / "index.html"
     index.write_text(render_html(exp, imp, ablation, svg, pngs, colors, best, space_file))
     return index

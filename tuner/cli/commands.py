@@ -103,19 +103,24 @@ def _exit_status(result) -> int:  # noqa: ANN001
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from tuner.running.api import tune
+    from tuner.running.config import Resources, RunConfig, TuneConfig
     from tuner.running.schedulers import SchedulerOptions
 
-    opts = SchedulerOptions(grace_period=args.grace_period,
-                            reduction_factor=args.reduction_factor)
-    result = tune(args.space, dataset=args.dataset, data_dir=args.data_dir,
-                  searcher=args.searcher, scheduler=args.scheduler,
-                  num_samples=args.num_samples, max_epochs=args.max_epochs,
-                  cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-                  max_concurrent=args.max_concurrent, storage=args.storage, name=args.name,
-                  seed=args.seed, address=args.address, fixed=parse_sets(args.set),
-                  scheduler_options=opts, max_failures=args.max_failures,
-                  checkpoint_every=args.checkpoint_every, resume=args.resume,
-                  verbose=args.verbose)
+    fixed = {k: v for k, v in (("dataset", args.dataset), ("data_dir", args.data_dir))
+             if v is not None}
+    result = tune(
+        args.space, fixed={**parse_sets(args.set), **fixed},
+        tune_config=TuneConfig(
+            searcher=args.searcher, scheduler=args.scheduler, num_samples=args.num_samples,
+            max_epochs=args.max_epochs, max_concurrent=args.max_concurrent, seed=args.seed,
+            scheduler_options=SchedulerOptions(grace_period=args.grace_period,
+                                               reduction_factor=args.reduction_factor)),
+        resources=Resources(cpus_per_trial=args.cpus_per_trial,
+                            gpus_per_trial=args.gpus_per_trial),
+        run_config=RunConfig(storage=args.storage, name=args.name, address=args.address,
+                             max_failures=args.max_failures,
+                             checkpoint_every=args.checkpoint_every, resume=args.resume,
+                             verbose=args.verbose))
     _print_summary(result)
     return _exit_status(result)
 

@@ -17,21 +17,20 @@ from search_spaces import SearchSpace, load_space
 from trainables.errors import ConfigError
 from trainables.models import require_weights
 from trainables.recipe import KNOBS
+from tuner.running.config import Resources, RunConfig, TuneConfig, with_shortcuts
 from tuner.running.loopback import prefer_loopback
 from tuner.running.results import TuneResult, collect_results
-from tuner.running.schedulers import SchedulerOptions
 from tuner.running.settings import DEFAULT_NUM_SAMPLES, RunSettings, possible_values
 from tuner.running.storage import check_folder_target, is_uri
 
 DEFAULT_STORAGE = "cnn-tuner-results"
 
 
-def resolve_space(space: SearchSpace | dict | str | Path, *, dataset: str | None = None,
-                  data_dir: str | None = None, max_epochs: int | None = None,
+def resolve_space(space: SearchSpace | dict | str | Path, *, max_epochs: int | None = None,
                   fixed: dict[str, Any] | None = None) -> SearchSpace:
-    """The space to search: a preset name, YAML file, dict or SearchSpace, with CLI overrides
-    (dataset, data_dir, max_epochs -> epochs, --set knobs) fixed on top. Paths become absolute
-    because trials run in their own working directories."""
+    """The space to search: a preset name, YAML file, dict or SearchSpace, with knobs fixed on
+    top (``fixed``: the CLI's --set, --dataset and --data-dir; max_epochs -> epochs). Paths
+    become absolute because trials run in their own working directories."""
     if isinstance(space, SearchSpace):
         base = space.to_dict()
     elif isinstance(space, dict):
@@ -39,10 +38,6 @@ def resolve_space(space: SearchSpace | dict | str | Path, *, dataset: str | None
     else:
         base = load_space(str(space)).to_dict()
     extra = dict(fixed or {})
-    if dataset is not None:
-        extra["dataset"] = dataset
-    if data_dir is not None:
-        extra["data_dir"] = data_dir
     if max_epochs is not None:
         extra["epochs"] = max_epochs
     base.update(extra)
@@ -90,57 +85,62 @@ def _ray_initialized() -> bool:
     return "ray" in sys.modules and sys.modules["ray"].is_initialized()
 
 
-def tune(space: SearchSpace | dict | str | Path = "quick", *, dataset: str | None = None,
-         data_dir: str | None = None, searcher: str = "tpe", scheduler: str = "asha",
-         num_samples: int | None = None, max_epochs: int | None = None, metric: str = "val_acc",
-         mode: str = "max", cpus_per_trial: float = 1, gpus_per_trial: float = 0,
-         max_concurrent: int | None = None, storage: str | Path | None = None,
-         name: str | None = None, seed: int = 0, address: str | None = None,
-         fixed: dict[str, Any] | None = None, scheduler_options: SchedulerOptions | None = None,
-         max_failures: int = 2, checkpoint_every: int = 1, resume: bool = False,
-         shared_storage: bool = False, verbose: int = 1) -> TuneResult:
+def tune(space: SearchSpace | dict | str | Path = "quick", *, num_samples: int | None = None,
+         max_epochs: int | None = None, fixed: dict[str, Any] | None = None,
+         tune_config: TuneConfig | None = None, resources: Resources | None = None,
+         run_config: RunConfig | None = None) -> TuneResult:
     """Search ``space`` with Ray Tune and return the trials, the best recipe and its metrics.
 
     ``space`` is a preset name, a YAML path, a dict of knob -> distribution or value, or a
-    SearchSpace. ``fixed`` fixes knobs on top (the CLI's ``--set``). Everything is validated
-    before Ray starts; errors are ``ConfigError`` with one line naming the knob and the rule.
-    On a multi-node cluster (``address``) ``storage`` must be shared: a URI (``s3://...``), a
-    network file system, or a path declared shared with ``shared_storage=True`` (or the
-    environment variable ``CNN_TUNER_SHARED_STORAGE=1``); see ``tuner.running.cluster``.
+    SearchSpace; ``fixed`` fixes knobs on top (the CLI's ``--set``, ``--dataset``,
+    ``--data-dir``). ``num_samples`` and ``max_epochs`` are shortcuts for the same fields of
+    ``tune_config``; ``resources`` is what each trial reserves, ``run_config`` where and how the
+    run goes (see ``tuner.running.config``). Everything is validated before Ray starts; errors
+    are ``ConfigError`` with one line naming the parameter or knob and the rule. On a multi-node
+    cluster (``RunConfig.address``) ``storage`` must be shared: a URI (``s3://...``), a network
+    file system, or a path declared shared with ``shared_storage=True`` (or the environment
+    variable ``CNN_TUNER_SHARED_STORAGE=1``); see ``tuner.running.cluster``.
     """
-    prefer_loopback(address)
+    config = with_shortcuts(tune_config, num_samples=num_samples, max_epochs=max_epochs)
+    resources, run = resources or Resources(), run_config or RunConfig()
+    prefer_loopback(run.address)
     from tuner.running.runner import run_experiment  # imports Ray: keep `import tuner` light
 
-    space_obj = resolve_space(space, dataset=dataset, data_dir=data_dir, max_epochs=max_epochs,
-                              fixed=fixed)
+    space_obj = resolve_space(space, max_epochs=config.max_epochs, fixed=fixed)
     epochs = space_obj.fixed.get("epochs", KNOBS["epochs"].default)
     if "epochs" in space_obj.tuned:
         raise ConfigError("max_epochs: the space tunes 'epochs'; fix it with max_epochs (the "
                           "budget ASHA counts in)")
     settings = RunSettings(
-        space=space_obj.to_dict(), searcher=searcher, scheduler=scheduler,
-        num_samples=_num_samples(searcher, num_samples),
-        max_epochs=int(epochs), metric=metric, mode=mode,
-        cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
-        max_concurrent=max_concurrent, seed=seed, max_failures=max_failures,
-        checkpoint_every=checkpoint_every, shared_storage=shared_storage,
-        scheduler_options=asdict(scheduler_options or SchedulerOptions()))
+        space=space_obj.to_dict(), searcher=config.searcher, scheduler=config.scheduler,
+        num_samples=_num_samples(config.searcher, config.num_samples),
+        max_epochs=int(epochs), metric=config.metric, mode=config.mode,
+        cpus_per_trial=resources.cpus_per_trial, gpus_per_trial=resources.gpus_per_trial,
+        max_concurrent=config.max_concurrent, seed=config.seed, max_failures=run.max_failures,
+        checkpoint_every=run.checkpoint_every, shared_storage=run.shared_storage,
+        scheduler_options=asdict(config.scheduler_options))
     settings.validate(space_obj)
     require_weights(possible_values(space_obj, "model"), possible_values(space_obj, "pretrained"),
                     download=all(possible_values(space_obj, "download")))
-    _check_gpus(gpus_per_trial, address)
-    if not 0 <= verbose <= 3:
-        raise ConfigError(f"verbose: must be 0, 1, 2 or 3, got {verbose}")
+    _check_gpus(resources.gpus_per_trial, run.address)
+    _check_verbose(run.verbose)
     dataset_name = space_obj.fixed.get("dataset", "digits")
-    name = name or f"{dataset_name}-{searcher}-{scheduler}-{datetime.now():%Y%m%d-%H%M%S}"
-    root = str(storage or DEFAULT_STORAGE)
+    name = run.name or (f"{dataset_name}-{config.searcher}-{config.scheduler}-"
+                        f"{datetime.now():%Y%m%d-%H%M%S}")
+    root = str(run.storage or DEFAULT_STORAGE)
     if not is_uri(root):
         root = str(Path(root).expanduser().resolve())
         check_folder_target(root, "storage")
     start = time.time()
     result_grid, path = run_experiment(settings, space_obj, storage=root, name=name,
-                                       address=address, resume=resume, verbose=verbose)
+                                       address=run.address, resume=run.resume,
+                                       verbose=run.verbose)
     return collect_results(result_grid, settings, path, wall_time_s=time.time() - start)
+
+
+def _check_verbose(verbose: int) -> None:
+    if not 0 <= verbose <= 3:
+        raise ConfigError(f"verbose: must be 0, 1, 2 or 3, got {verbose}")
 
 
 def resume(path: str | Path, *, address: str | None = None, verbose: int = 1) -> TuneResult:
@@ -149,8 +149,7 @@ def resume(path: str | Path, *, address: str | None = None, verbose: int = 1) ->
     prefer_loopback(address)
     from tuner.running.runner import restore_experiment
 
-    if not 0 <= verbose <= 3:
-        raise ConfigError(f"verbose: must be 0, 1, 2 or 3, got {verbose}")
+    _check_verbose(verbose)
     start = time.time()
     result_grid, settings, exp_path = restore_experiment(path, address=address, verbose=verbose)
     return collect_results(result_grid, settings, exp_path, wall_time_s=time.time() - start)
