@@ -195,3 +195,14 @@ def test_bad_space_in_a_subprocess_exits_2_with_one_line(tmp_path: Path) -> None
     assert proc.stdout == "" and "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1
     assert f"{bad}:2" in proc.stderr and "did you mean 'lr_schedule'" in proc.stderr
+
+
+def test_ctrl_c_says_interrupted_and_exits_130(monkeypatch, capsys):
+    import tuner.running.results as results
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(results, "load_results", interrupted)
+    assert main(["results", "somewhere"]) == 130
+    assert capsys.readouterr().err == "cnn-tuner: interrupted\n"

@@ -54,3 +54,24 @@ def test_ctrl_c_then_resume_finishes_every_trial_once(tmp_path):
         assert after[trial] == epochs == 6
     summary = json.loads((exp / "summary.json").read_text())
     assert summary["trials"] == 8 and summary["best_test_acc"] is not None
+
+
+def test_ctrl_c_with_every_trial_started_is_still_an_interruption(tmp_path):
+    """With no trial left to start, Ray marks the running ones TERMINATED as it stops them:
+    the run must still end 130 (resumable), not as a finished run with trials 'stopped early'."""
+    exp = tmp_path / "exp"
+    run = subprocess.Popen(
+        [*CLI, "run", "--storage", str(tmp_path), "--name", "exp", "--num-samples", "2",
+         "--max-epochs", "40", "--searcher", "random", "--scheduler", "fifo", "--set",
+         "width=16", "--verbose", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    deadline = time.time() + 240
+    while time.time() < deadline and run.poll() is None and sum(
+            bool(f.read_text().strip()) for f in exp.glob("trial_*/result.json")) < 2:
+        time.sleep(0.5)
+    assert run.poll() is None, run.communicate()
+    run.send_signal(signal.SIGINT)
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 130, err[-2000:]
+    assert f"cnn-tuner resume {exp}" in err
+    assert not (exp / "results.csv").exists()

@@ -8,7 +8,15 @@ per epoch (metrics) and, for the non-finite-loss guard, every step on CPU (free 
 ``report(metrics, state)`` is called once per epoch with the epoch's metrics and a zero-argument
 function returning the checkpoint dict (called only if the caller wants a checkpoint). The last
 epoch's metrics also carry ``test_acc`` (held-out split, used nowhere else) and ``stop_reason``:
-completed | early_stopped | non_finite_loss.
+completed | early_stopped | non_finite_loss | infeasible.
+
+Every row carries the model's cost (``trainables.cost``: params, params_trainable, flops,
+latency_ms, latency_device), measured once when training starts, and ``train_time_s``, the
+seconds spent training and validating so far. Constraints on them (``trainables.constraints``)
+are checked as soon as they are known: a recipe that breaks one when the model is built or its
+latency measured reports one row (epoch 0 for a new run, ``stop_reason: infeasible``, no
+training metrics) and trains nothing; one that breaks ``train_time_s`` ends infeasible after
+that epoch (no ``test_acc``). The row names the broken constraint in ``broken_constraint``.
 """
 
 from __future__ import annotations
@@ -17,14 +25,17 @@ import contextlib
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from trainables import distributed
 from trainables.augment import AugmentConfig, Augmenter, mix_batch
+from trainables.constraints import INFEASIBLE, Constraint, broken
+from trainables.cost import device_name, measure_cost
 from trainables.data import DataSplits, load_recipe_data
 from trainables.errors import first_line
 from trainables.models import build_model
@@ -100,11 +111,16 @@ class Trainer:
     recipe: Recipe
     data: DataSplits
     device: torch.device
+    constraints: tuple[Constraint, ...] = ()
     precision: str = field(init=False)
 
     def __post_init__(self) -> None:
         r, dev = self.recipe, self.device
         r.check_device(dev.type)
+        # One rank of a data-parallel run when the caller initialised a process group
+        # (trainables.distributed); world 1 otherwise, and then nothing below is collective.
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        self.local_batch = distributed.local_batch(r.batch_size, self.world_size)
         self.precision = resolve_precision(r.precision, dev)
         torch.manual_seed(r.seed)
         self.gen = torch.Generator(device=dev).manual_seed(r.seed)
@@ -120,17 +136,24 @@ class Trainer:
         groups = param_groups(self.model, lr=effective_lr(r), backbone_lr_mult=r.backbone_lr_mult,
                               weight_decay=r.weight_decay)
         self.optimizer = build_optimizer(r, groups)
-        n = len(self.data.train_y)
-        self.steps_per_epoch = max(1, n // r.batch_size + (n % r.batch_size >= 2))
+        n, b = len(self.data.train_y) // self.world_size, self.local_batch  # smallest shard
+        self.steps_per_epoch = max(1, n // b + (n % b >= 2))
         self.schedule = LRSchedule(r, self.optimizer, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.forward = torch.compile(self.model) if r.compile else self.model
+        self.eval_forward = None  # data-parallel: the bare model, evaluation has no DDP sync
+        if self.world_size > 1:
+            ddp = distributed.wrap_model(self.model, dev, sync_bn=r.sync_bn)
+            self.eval_forward = self.forward
+            self.forward = torch.compile(ddp) if r.compile else ddp
         self.augment = Augmenter(AugmentConfig.from_recipe(r))
         self.mean = torch.tensor(self.data.mean, device=dev).view(1, -1, 1, 1)
         self.std = torch.tensor(self.data.std, device=dev).view(1, -1, 1, 1)
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
         self.early = _EarlyStop(r.early_stop_patience, r.early_stop_min_delta)
+        self.cost: dict[str, Any] = {}  # measure_cost() fills it before the first epoch
+        self.train_time_s = 0.0  # seconds in train_epoch + validation, over every epoch so far
 
     # -- pieces ---------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -150,8 +173,14 @@ class Trainer:
         """One pass over the training split; returns train_loss, train_acc, images_per_s."""
         r, d = self.recipe, self.data
         self.model.train()
-        n = len(d.train_y)
-        perm = torch.randperm(n, generator=self.gen, device=self.device)
+        n, b = len(d.train_y), self.local_batch
+        if self.world_size == 1:
+            perm = torch.randperm(n, generator=self.gen, device=self.device)
+        else:  # the same order on every rank, this rank's slice; own augmentation stream
+            self._seed_rank_epoch()
+            perm = distributed.shard(distributed.epoch_permutation(n, r.seed, self.epoch,
+                                                                   self.device),
+                                     self.rank, self.world_size)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
         seen, nonfinite = 0, False
@@ -159,7 +188,7 @@ class Trainer:
         mixing = r.mixup_alpha > 0 or r.cutmix_alpha > 0
         start = time.perf_counter()
         for step in range(self.steps_per_epoch):
-            idx = perm[step * r.batch_size:(step + 1) * r.batch_size]
+            idx = perm[step * b:(step + 1) * b]
             x, y = self._prepare(d.train_x[idx]), d.train_y[idx]
             if self.augment.cfg.enabled:
                 x = self.augment(x, self.gen)
@@ -179,12 +208,18 @@ class Trainer:
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
-            if (step + 1) % sync_every == 0 and not _finite(loss_sum / seen):
+            if (step + 1) % sync_every == 0 and \
+                    distributed.any_rank(not _finite(loss_sum / seen), self.device):
                 nonfinite = True
                 break
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        elapsed = time.perf_counter() - start
+        elapsed = distributed.all_reduce_max(time.perf_counter() - start, self.device)
+        if self.world_size > 1:  # metrics of the global batch, the same on every rank
+            count = torch.tensor(float(seen), device=self.device, dtype=torch.float64)
+            totals = torch.stack([loss_sum.double(), correct.double(), count])
+            loss_sum, correct, seen = distributed.all_reduce_sum(totals)
+            seen = int(seen.item())
         train_loss = loss_sum.item() / max(seen, 1)
         return {"train_loss": train_loss, "train_acc": correct.item() / max(seen, 1),
                 "images_per_s": seen / max(elapsed, 1e-9),
@@ -192,18 +227,25 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, split: str) -> tuple[float, float]:
-        """(loss, accuracy) on 'val' or 'test', without augmentation."""
+        """(loss, accuracy) on 'val' or 'test', without augmentation. Data-parallel: over the
+        whole split, each rank evaluating its shard with rank 0's weights and buffers."""
         x_all, y_all = getattr(self.data, f"{split}_x"), getattr(self.data, f"{split}_y")
+        distributed.broadcast_buffers(self.model)
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
-        for i in range(0, len(y_all), EVAL_BATCH):
-            x = self._normalise(self._prepare(x_all[i:i + EVAL_BATCH]))
-            y = y_all[i:i + EVAL_BATCH]
+        forward = self.forward if self.eval_forward is None else self.eval_forward
+        lo, hi = distributed.shard_bounds(len(y_all), self.rank, self.world_size)
+        for i in range(lo, hi, EVAL_BATCH):
+            end = min(i + EVAL_BATCH, hi)
+            x = self._normalise(self._prepare(x_all[i:end]))
+            y = y_all[i:end]
             with self.autocast():
-                logits = self.forward(x).float()
+                logits = forward(x).float()
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
+        if self.world_size > 1:
+            loss_sum, correct = distributed.all_reduce_sum(torch.stack([loss_sum, correct]))
         n = max(len(y_all), 1)
         return loss_sum.item() / n, correct.item() / n
 
@@ -230,6 +272,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.epoch = int(state["epoch"])
         self.history = list(state["history"])
+        self.train_time_s = float(self.history[-1].get("train_time_s", 0.0)) if self.history \
+            else 0.0
         self.early.best = float(state["early_stop"]["best"])
         self.early.bad_epochs = int(state["early_stop"]["bad_epochs"])
         torch.set_rng_state(state["rng"]["torch"])
@@ -246,9 +290,54 @@ class Trainer:
                     self.schedule.after_batch()
                 self.schedule.after_epoch(past["val_loss"])
 
+    @property
+    def ended(self) -> bool:
+        """The last row has a stop_reason: nothing left to train."""
+        return bool(self.history) and "stop_reason" in self.history[-1]
+
+    # -- cost and constraints ----------------------------------------------------------------
+    def measure_cost(self) -> dict[str, Any]:
+        """Measure the model's cost (trainables.cost) on one image of the data's shape. A resumed
+        run recounts params and FLOPs (exact, milliseconds) but keeps the latency its history
+        measured on a device of the same name: a retry is not re-judged on a noisy re-measure,
+        and its rows keep one latency. On another device it measures again."""
+        before = self.history[-1] if self.history else {}
+        keep = "latency_ms" in before and before.get("latency_device") == device_name(self.device)
+        example = torch.zeros(1, *self.data.train_x.shape[1:], device=self.device)
+        example = example.contiguous(memory_format=self.memory_format)
+        self.cost = measure_cost(self.model, example, autocast=self.autocast(), latency=not keep)
+        if keep:
+            self.cost.update(latency_ms=before["latency_ms"],
+                             latency_device=before["latency_device"])
+        self.cost = distributed.broadcast_object(self.cost)  # ranks judge one latency
+        return self.cost
+
+    def _seed_rank_epoch(self) -> None:
+        """Data-parallel: this rank's augmentation and dropout streams for this epoch, derived
+        from (seed, rank, epoch): distinct per rank, replayed exactly on resume."""
+        seed = self.recipe.seed
+        self.gen.manual_seed(distributed.stream_seed(seed, "augment", self.rank, self.epoch))
+        torch.manual_seed(distributed.stream_seed(seed, "torch", self.rank, self.epoch))
+
+    def check_start(self) -> dict[str, Any] | None:
+        """Before training: measure the cost and check the constraints on it (static ones and
+        latency). Broken: the run's one infeasible row (also appended to the history), else
+        None."""
+        why = broken(self.constraints, self.measure_cost())
+        if not why:
+            return None
+        row = {"epoch": self.epoch, **self.cost, "train_time_s": self.train_time_s,
+               "precision": self.precision, "world_size": self.world_size,
+               "stop_reason": INFEASIBLE,
+               "broken_constraint": "; ".join(why)}
+        self.history.append(row)
+        return row
+
     # -- the epoch ---------------------------------------------------------------------------
     def run_epoch(self) -> dict[str, Any]:
         """Train one epoch, validate, decide whether to stop; the metrics of the epoch."""
+        if not self.cost:  # driven without train(): measure before the first epoch all the same
+            self.measure_cost()
         start = time.perf_counter()
         lr = self.optimizer.param_groups[-1]["lr"]
         try:
@@ -264,17 +353,26 @@ class Trainer:
         val_loss, val_acc = self.evaluate("val")
         self.schedule.after_epoch(val_loss)
         self.epoch += 1
+        self.train_time_s += distributed.all_reduce_max(time.perf_counter() - start, self.device)
         m.update(epoch=self.epoch, val_loss=val_loss, val_acc=val_acc, lr=lr,
-                 precision=self.precision)
+                 precision=self.precision, world_size=self.world_size, **self.cost,
+                 train_time_s=self.train_time_s)
+        # one decision on every rank (a rank alone in a collective would wait forever)
+        non_finite = distributed.any_rank(non_finite or not _finite(val_loss), self.device)
         stop = None
-        if non_finite or not _finite(val_loss):
+        why = broken(self.constraints, m)
+        if why:  # first: an infeasible run is no result, whatever else happened
+            stop = INFEASIBLE
+            m["broken_constraint"] = "; ".join(why)
+        elif non_finite:
             stop = "non_finite_loss"
         elif self.early.update(val_acc):
             stop = "early_stopped"
         elif self.epoch >= self.recipe.epochs:
             stop = "completed"
         if stop:
-            m["test_acc"] = self.evaluate("test")[1]
+            if stop != INFEASIBLE:
+                m["test_acc"] = self.evaluate("test")[1]
             m["stop_reason"] = stop
         m["epoch_time_s"] = time.perf_counter() - start
         self.history.append(m)
@@ -283,18 +381,24 @@ class Trainer:
 
 def train(recipe: Recipe, data: DataSplits | None = None,
           device: str | torch.device | None = None, report: Report | None = None, *,
-          resume: dict[str, Any] | None = None) -> TrainResult:
+          resume: dict[str, Any] | None = None,
+          constraints: Sequence[Constraint] = ()) -> TrainResult:
     """Train ``recipe``; call ``report(metrics, state_fn)`` after every epoch.
 
     ``data`` defaults to loading the recipe's dataset; ``device`` to CUDA when available;
-    ``resume`` is a checkpoint dict from ``Trainer.state_dict`` (continues where it stopped).
+    ``resume`` is a checkpoint dict from ``Trainer.state_dict`` (continues where it stopped);
+    ``constraints`` (``trainables.constraints.parse_constraints``) end the run ``infeasible``
+    when broken: before any training for the model's size, FLOPs and latency.
     """
     if data is None:
         data = load_recipe_data(recipe)
-    trainer = Trainer(recipe, data, resolve_device(device))
+    trainer = Trainer(recipe, data, resolve_device(device), constraints=tuple(constraints))
     if resume is not None:
         trainer.load_state_dict(resume)
-    while not (trainer.history and "stop_reason" in trainer.history[-1]):
+    infeasible = None if trainer.ended else trainer.check_start()
+    if infeasible is not None and report is not None:
+        report(dict(infeasible), trainer.state_dict)
+    while not trainer.ended:
         metrics = trainer.run_epoch()
         if report is not None:
             report(dict(metrics), trainer.state_dict)

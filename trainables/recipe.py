@@ -76,6 +76,9 @@ class Recipe:
     bn_momentum: float = knob(0.1, "BatchNorm running-statistics momentum (torch convention: "
                               "weight of the new batch)", "batch_norm", low=0.0, high=1.0,
                               low_open=True, when={"batch_norm": (True,)})
+    sync_bn: bool = knob(False, "data-parallel trials: SyncBatchNorm, batch statistics over the "
+                         "global batch of every worker instead of each worker's shard (no effect "
+                         "on one worker)", "batch_norm", when={"batch_norm": (True,)})
     dropout: float = knob(0.0, "dropout probability before the classifier", "regularization",
                           low=0.0, high=1.0, high_open=True, unit="probability")
     # -- optimisation -----------------------------------------------------------------------
@@ -92,7 +95,8 @@ class Recipe:
                                low=0.0, high=1.0, high_open=True)
     label_smoothing: float = knob(0.0, "label smoothing of the cross-entropy targets",
                                   "regularization", low=0.0, high=1.0, high_open=True)
-    batch_size: int = knob(128, "training batch size", "optimizer", low=1, high=65536,
+    batch_size: int = knob(128, "training batch size; the global batch of a data-parallel "
+                           "trial, split evenly across its workers", "optimizer", low=1, high=65536,
                            unit="images")
     epochs: int = knob(12, "training epochs (the budget ASHA's max_t counts in)", "optimizer",
                        low=1, high=10000, unit="epochs")

@@ -3,31 +3,73 @@
 Each function takes plain tables and returns a ``Figure``; ``svg_text`` / ``png_bytes`` turn a
 figure into what the HTML embeds and what is written beside it. In the learning-curve SVG every
 trial's line is a group with id ``trial-<trial_id>`` so a reader (or a test) can find it.
+
+Past ``MANY_TRIALS`` trials a line per trial in its own colour is one solid blob, so the report
+passes ``top`` (``top_trials``: the ``TOP_K`` best, best first): those are drawn on top in
+distinct colours with their ids in the legend, the best thick and black; every other trial is a
+thin faint grey line, all of them one rasterized collection (one image in the SVG, not thousands
+of paths).
 """
 
 from __future__ import annotations
 
 import io
 import math
+from collections.abc import Collection
 
 import matplotlib
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.collections import LineCollection
 from matplotlib.colors import Normalize, to_hex
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-STOPPED = ("early_stopped", "non_finite", "errored")
+STOPPED = ("early_stopped", "non_finite", "errored", "infeasible")
+MANY_TRIALS = 30  # above this, a colour per trial is a blob: fade all but the top TOP_K
+TOP_K = 10  # the best and 9 more: as many as tab10 has distinct colours besides its grey
+FADED = "#b4b4b4"  # the colour of the trials outside the top
 _RC = {"svg.hashsalt": "cnn-tuner", "svg.fonttype": "path", "font.size": 9,
        "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
        "axes.spines.right": False}
 
 
-def trial_colors(trial_ids: list[str]) -> dict[str, str]:
-    """One colour per trial (tab20, cycling), shared by the plot and the HTML legend."""
-    cmap = matplotlib.colormaps["tab20"]
-    return {t: to_hex(cmap(i % 20)) for i, t in enumerate(trial_ids)}
+def top_trials(ranked: list[str]) -> list[str] | None:
+    """The trials the plots emphasise: the first ``TOP_K`` of ``ranked`` (best first) when there
+    are more than ``MANY_TRIALS``; None (every trial in its own colour) when there are fewer."""
+    return list(ranked[:TOP_K]) if len(ranked) > MANY_TRIALS else None
+
+
+def trial_colors(trial_ids: list[str], top: Collection[str] | None = None) -> dict[str, str]:
+    """One colour per trial, shared by the plots and the HTML legend: tab20, cycling; with
+    ``top``, tab10's distinct colours (its grey left out) for those and ``FADED`` for the rest."""
+    if top is None:
+        cmap = matplotlib.colormaps["tab20"]
+        return {t: to_hex(cmap(i % 20)) for i, t in enumerate(trial_ids)}
+    palette = [to_hex(c) for i, c in enumerate(matplotlib.colormaps["tab10"].colors) if i != 7]
+    colors = dict.fromkeys(trial_ids, FADED)
+    colors.update({t: palette[i % len(palette)] for i, t in enumerate(top)})
+    return colors
+
+
+def _faint(segments: list[np.ndarray]) -> LineCollection:
+    """The trials outside the top as one collection: thin, grey, the fainter the more of them
+    (about as much ink for 2,000 as for 300, so their density still shows), and rasterized (one
+    image in the SVG however many lines)."""
+    alpha = min(0.4, max(0.1, 120 / max(len(segments), 1)))
+    return LineCollection(segments, color=FADED, lw=0.5, alpha=alpha, zorder=1,
+                          rasterized=True)
+
+
+def _top_legend(ax: Axes, top: list[str], best: str | None, colors: dict[str, str],
+                others: int, extra: list[Line2D]) -> None:
+    """The legend of a plot with emphasis: the top trials by id (best first), the faded rest."""
+    handles = [Line2D([], [], color="black" if t == best else colors[t], lw=3 if t == best else
+                      1.6, label=f"{t} (best)" if t == best else t) for t in top]
+    handles.append(Line2D([], [], color=FADED, lw=1, label=f"{others} other trials"))
+    ax.legend(handles=handles + extra, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7,
+              title=f"top {len(top)}", title_fontsize=8, frameon=False)
 
 
 def _figure(w: float, h: float) -> Figure:
@@ -52,15 +94,26 @@ def png_bytes(fig: Figure, dpi: int = 110) -> bytes:
 
 
 def learning_curves(curves: dict[str, pd.DataFrame], status: dict[str, str], best: str | None,
-                    colors: dict[str, str], metric: str) -> Figure:
+                    colors: dict[str, str], metric: str,
+                    top: Collection[str] | None = None) -> Figure:
     """``metric`` per epoch of every trial; the best drawn thick, trials that were stopped
-    (early, non-finite, errored) end in a cross."""
+    (early, non-finite, errored) end in a cross. With ``top`` (many trials) only those and the
+    best are drawn so, on top; every other trial is a faint grey line without markers."""
     fig = _figure(9, 4.6)
     with matplotlib.rc_context(_RC):
         ax = fig.add_subplot()
-        for tid, curve in curves.items():
-            if not len(curve):
-                continue  # errored before its first epoch: nothing to draw
+        shown = [t for t, c in curves.items() if len(c)]  # errored before its first epoch: none
+        if top is not None:
+            top = [t for t in top if t in shown]
+            emphasised = {*top, best}
+            faint = [np.column_stack([curves[t]["epoch"].to_numpy(float),
+                                      curves[t][metric].to_numpy(float)])
+                     for t in shown if t not in emphasised]
+            ax.add_collection(_faint(faint))
+            # in reverse rank, the best last: each is drawn over those ranked below it
+            shown = [t for t in reversed(top) if t != best] + ([best] if best in shown else [])
+        for tid in shown:
+            curve = curves[tid]
             is_best = tid == best
             (line,) = ax.plot(curve["epoch"], curve[metric], color="black" if is_best else
                               colors[tid], lw=3 if is_best else 1.2, alpha=1 if is_best else 0.75,
@@ -69,18 +122,25 @@ def learning_curves(curves: dict[str, pd.DataFrame], status: dict[str, str], bes
             line.set_gid(f"trial-{tid}")
             if status.get(tid) in STOPPED:
                 mark = ax.plot(curve["epoch"].iloc[-1:], curve[metric].iloc[-1:], marker="X",
-                               ms=8, color=line.get_color(), mec="white", mew=0.6, ls="none")
+                               ms=8, color=line.get_color(), mec="white", mew=0.6, ls="none",
+                               zorder=line.get_zorder())
                 mark[0].set_gid(f"stop-{tid}")
+        ax.autoscale_view()
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
-        ax.set_title(f"Learning curves: {metric} of every trial")
         ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.legend(handles=[
-            Line2D([], [], color="black", lw=3, label="best trial"),
-            Line2D([], [], color="grey", lw=1.2, label="other trial"),
-            Line2D([], [], color="grey", marker="X", ls="none", ms=8, label="stopped early"),
-            Line2D([], [], color="grey", ls="--", label="non-finite / errored"),
-        ], loc="lower right", fontsize=8)
+        marks = [Line2D([], [], color="grey", marker="X", ls="none", ms=8, label="stopped early"),
+                 Line2D([], [], color="grey", ls="--", label="non-finite / errored")]
+        if top is None:
+            ax.set_title(f"Learning curves: {metric} of every trial")
+            ax.legend(handles=[
+                Line2D([], [], color="black", lw=3, label="best trial"),
+                Line2D([], [], color="grey", lw=1.2, label="other trial"), *marks,
+            ], loc="lower right", fontsize=8)
+        else:
+            ax.set_title(f"Learning curves: {metric} of every trial, the top {len(top)} in "
+                         "colour")
+            _top_legend(ax, shown[::-1], best, colors, len(faint), marks)
     return fig
 
 
@@ -132,8 +192,12 @@ def _axis(values: pd.Series, log: bool) -> tuple[np.ndarray, list[float], list[s
 
 
 def parallel_coordinates(df: pd.DataFrame, knobs: list[str], log_knobs: set[str],
-                         metric: str) -> Figure:
-    """One line per trial across an axis per tuned knob and the metric, coloured by the metric."""
+                         metric: str, top: Collection[str] | None = None,
+                         best: str | None = None,
+                         colors: dict[str, str] | None = None) -> Figure:
+    """One line per trial across an axis per tuned knob and the metric, coloured by the metric.
+    With ``top`` (trial ids; ``df`` then needs ``trial_id``) those are drawn on top in
+    ``colors``, the ``best`` thick and black, and every other trial faint grey."""
     axes = [*knobs, metric]
     fig = _figure(min(max(8.0, 1.1 * len(axes)), 12.0), 4.8)
     with matplotlib.rc_context(_RC):
@@ -142,12 +206,16 @@ def parallel_coordinates(df: pd.DataFrame, knobs: list[str], log_knobs: set[str]
         mapped = [_axis(df[k], k in log_knobs) for k in axes]
         ys = np.column_stack([m[0] for m in mapped])
         xs = np.arange(len(axes))
-        score = df[metric].astype(float).to_numpy()
-        norm = Normalize(np.nanmin(score), np.nanmax(score)) if len(score) else Normalize()
-        lines = LineCollection([np.column_stack([xs, row]) for row in ys], cmap="viridis",
-                               norm=norm, lw=1.6, alpha=0.85)
-        lines.set_array(score)
-        ax.add_collection(lines)
+        if top is None:
+            score = df[metric].astype(float).to_numpy()
+            norm = Normalize(np.nanmin(score), np.nanmax(score)) if len(score) else Normalize()
+            lines = LineCollection([np.column_stack([xs, row]) for row in ys], cmap="viridis",
+                                   norm=norm, lw=1.6, alpha=0.85)
+            lines.set_array(score)
+            ax.add_collection(lines)
+            fig.colorbar(lines, ax=ax, label=metric, fraction=0.03)
+        else:
+            _emphasise_top(ax, xs, ys, list(df["trial_id"]), top, best, colors or {})
         for i, (_, ticks, labels) in enumerate(mapped):
             ax.axvline(i, color="black", lw=0.8)
             for t, lab in zip(ticks, labels, strict=True):
@@ -159,9 +227,29 @@ def parallel_coordinates(df: pd.DataFrame, knobs: list[str], log_knobs: set[str]
         ax.set_xlim(-0.2, len(axes) - 0.5)
         ax.set_ylim(-0.2, 1.08)
         ax.spines[["left", "bottom"]].set_visible(False)
-        fig.colorbar(lines, ax=ax, label=metric, fraction=0.03)
         ax.set_title(f"Parallel coordinates: tuned knobs against the final {metric}")
     return fig
+
+
+def _emphasise_top(ax: Axes, xs: np.ndarray, ys: np.ndarray, trial_ids: list[str],
+                   top: Collection[str], best: str | None, colors: dict[str, str]) -> None:
+    """Every trial outside ``top`` faint grey; those in it on top, in reverse rank order so
+    the better are drawn over the worse, and the best last (thick, black)."""
+    row = {t: i for i, t in enumerate(trial_ids)}
+    ranked = [t for t in top if t in row]
+    if best in row and best not in ranked:
+        ranked.insert(0, best)
+    emphasised = set(ranked)
+    faint = [np.column_stack([xs, ys[i]]) for t, i in row.items() if t not in emphasised]
+    ax.add_collection(_faint(faint))
+    order = [t for t in reversed(ranked) if t != best] + ([best] if best in emphasised else [])
+    for t in order:
+        is_best = t == best
+        (line,) = ax.plot(xs, ys[row[t]], color="black" if is_best else colors.get(t, "C0"),
+                          lw=3 if is_best else 1.6, alpha=1 if is_best else 0.9,
+                          zorder=3 if is_best else 2)
+        line.set_gid(f"trial-{t}")
+    _top_legend(ax, order[::-1], best, colors, len(faint), [])
 
 
 def importance_bars(knobs: pd.DataFrame, families: pd.DataFrame) -> Figure:

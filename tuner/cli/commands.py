@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 from trainables.errors import ConfigError
+from tuner.analysis.watch import DEFAULT_PORT, REFRESH_S
 from tuner.cli.overrides import parse_sets
 from tuner.running.schedulers import REFUSED_PAIRS, SCHEDULERS
 from tuner.running.searchers import SEARCHERS
@@ -75,18 +76,32 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _print_summary(result) -> None:  # noqa: ANN001
+    """The run's last lines, each short (a path aside) so that an 80-column terminal keeps them
+    whole: counts, budget, the best trial, where its recipe is and how to retrain it."""
     s = result.summary
+    infeasible = s.get("infeasible", 0)
+    broke = f", {infeasible} infeasible (broke a --constraint)" if infeasible else ""
     print(f"\n{s['trials']} trials: {s['completed']} completed, {s['early_stopped']} stopped "
-          f"early, {s['non_finite']} non-finite, {s['errored']} errored; "
-          f"{s['total_trial_epochs']} of {s['budget_trial_epochs']} trial-epochs; "
-          f"wall time {s['wall_time_s']:.0f}s")
+          f"early, {s['non_finite']} non-finite{broke}, {s['errored']} errored")
+    print(f"{s['total_trial_epochs']} of {s['budget_trial_epochs']} trial-epochs in "
+          f"{s['wall_time_s']:.0f} s")
     if result.best_recipe is None:
-        print("no trial produced a result")
+        print("no feasible trial produced a result" if infeasible else
+              "no trial produced a result")
         return
     test = "n/a" if s["best_test_acc"] is None else f"{s['best_test_acc']:.4f}"
     print(f"best trial {s['best_trial']}: val_acc {s['best_val_acc']:.4f}  test_acc {test}")
-    print(f"best recipe: {result.path}/best_recipe.yaml "
-          f"(retrain: cnn-tuner train --recipe {result.path}/best_recipe.yaml)")
+    recipe = _shown_path(f"{result.path}/best_recipe.yaml")
+    print(f"best recipe: {recipe}")
+    print(f"retrain: cnn-tuner train --recipe {recipe}")
+
+
+def _shown_path(path: str) -> str:
+    """A local path relative to the working directory when it is inside it (shorter lines)."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
 
 
 def _exit_status(result) -> int:  # noqa: ANN001
@@ -102,6 +117,32 @@ def _exit_status(result) -> int:  # noqa: ANN001
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    """``run``; with ``--watch``, the live report of the run's folder is served on 127.0.0.1
+    while it goes, and stopped after the summary."""
+    if args.watch is None:
+        return _tune_run(args)
+    from tuner.analysis.watch import Watcher
+    from tuner.running.api import storage_root
+    from tuner.running.storage import join
+
+    args.name = args.name or _default_name(args)  # the watcher must know the folder now
+    path = join(storage_root(args.storage), args.name)
+    with Watcher(path, args.watch, param="watch", wait=True) as watcher:
+        print(f"live report: {watcher.url} (after the run: cnn-tuner watch {path})", flush=True)
+        return _tune_run(args)
+
+
+def _default_name(args: argparse.Namespace) -> str:
+    """The name tune() would give this run's experiment, known before it starts."""
+    from tuner.running.api import default_name, resolve_space
+    from tuner.running.config import TuneConfig
+
+    fixed = {**parse_sets(args.set), **({"dataset": args.dataset} if args.dataset else {})}
+    return default_name(resolve_space(args.space, fixed=fixed),
+                        TuneConfig(searcher=args.searcher, scheduler=args.scheduler))
+
+
+def _tune_run(args: argparse.Namespace) -> int:
     from tuner.running.api import tune
     from tuner.running.config import Resources, RunConfig, TuneConfig
     from tuner.running.schedulers import SchedulerOptions
@@ -114,13 +155,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
             searcher=args.searcher, scheduler=args.scheduler, num_samples=args.num_samples,
             max_epochs=args.max_epochs, max_concurrent=args.max_concurrent, seed=args.seed,
             scheduler_options=SchedulerOptions(grace_period=args.grace_period,
-                                               reduction_factor=args.reduction_factor)),
+                                               reduction_factor=args.reduction_factor),
+            constraints=tuple(args.constraints or ())),
         resources=Resources(cpus_per_trial=args.cpus_per_trial,
-                            gpus_per_trial=args.gpus_per_trial),
+                            gpus_per_trial=args.gpus_per_trial,
+                            workers_per_trial=args.workers_per_trial),
         run_config=RunConfig(storage=args.storage, name=args.name, address=args.address,
                              max_failures=args.max_failures,
                              checkpoint_every=args.checkpoint_every, resume=args.resume,
-                             verbose=args.verbose))
+                             verbose=args.verbose, mlflow=args.mlflow, wandb=args.wandb))
     _print_summary(result)
     return _exit_status(result)
 
@@ -162,6 +205,19 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     index = write_report(args.path, args.out)
     print(f"wrote {index} (self-contained) and its plots as PNGs beside it")
+    return 0
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    from tuner.analysis.watch import Watcher, stderr_line
+
+    with Watcher(args.path, args.port, every_s=args.every_s, log=stderr_line) as watcher:
+        print(f"serving the live report of {watcher.report.source} at {watcher.url} "
+              f"(checks every {watcher.report.every_s:g} s; Ctrl+C stops)", flush=True)
+        try:
+            watcher.wait()
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(f"stopped watching {watcher.report.source}") from None
     return 0
 
 
@@ -232,9 +288,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int,
                    help="trials to run (default: 16; grid search runs each point once)")
     p.add_argument("--max-epochs", type=int, help="fix the epochs knob (ASHA's max_t)")
-    p.add_argument("--cpus-per-trial", type=float, default=1)
+    p.add_argument("--cpus-per-trial", type=float, default=1,
+                   help="CPUs per trial (per worker with --workers-per-trial N)")
     p.add_argument("--gpus-per-trial", type=float, default=0,
-                   help="GPUs per trial; fractions pack trials (0.5: two per GPU)")
+                   help="GPUs per trial (per worker with --workers-per-trial N); fractions "
+                   "pack trials (0.5: two per GPU)")
+    p.add_argument("--workers-per-trial", type=int, default=1,
+                   help="train each trial data-parallel over N Ray Train workers (DDP); the "
+                   "resource flags are per worker (docs/data-parallel.md)")
     p.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
     p.add_argument("--storage", help="results root: a path or URI (default: ./cnn-tuner-results)")
     p.add_argument("--name", help="experiment name (default: dataset-searcher-scheduler-time)")
@@ -244,11 +305,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grace-period", type=int,
                    help="epochs before ASHA/median may stop a trial (default: 2)")
     p.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA/HyperBand eta")
+    p.add_argument("--constraint", action="append", dest="constraints", metavar="METRIC<=N",
+                   help="a limit on each trial's cost, repeatable: params, params_trainable, "
+                   "flops, latency_ms or train_time_s with <=, <, >= or > and a number (2e5, "
+                   "200k, 1.5M); a trial that breaks one ends infeasible (docs/constraints.md)")
     p.add_argument("--max-failures", type=int, default=2,
                    help="retries per trial (-1: retry forever)")
     p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints")
     p.add_argument("--resume", action="store_true", help="resume the experiment if it exists")
     p.add_argument("--verbose", type=int, default=1, help="Ray Tune verbosity 0-3")
+    p.add_argument("--mlflow", nargs="?", const=True, default=False, metavar="TRACKING_URI",
+                   help="log every trial to MLflow, nested under one run per experiment (no "
+                   "URI: MLflow's default store; needs cnn-tuner[mlflow]; docs/tracking.md)")
+    p.add_argument("--wandb", action="store_true",
+                   help="log every trial to Weights & Biases, offline into STORAGE/NAME/wandb "
+                   "unless WANDB_MODE says otherwise (needs cnn-tuner[wandb]; docs/tracking.md)")
+    p.add_argument("--watch", type=int, nargs="?", const=DEFAULT_PORT, metavar="PORT",
+                   help="serve the report live on 127.0.0.1:PORT while the run goes (no PORT: "
+                   f"{DEFAULT_PORT}; 0: any free port; docs/watch.md)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("resume", help="finish an interrupted experiment")
@@ -268,6 +342,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="the experiment folder")
     p.add_argument("--out", help="output folder (default: PATH/report)")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("watch", help="serve an experiment's report live on 127.0.0.1, during "
+                       "the run (from the trial folders) and after it")
+    p.add_argument("path", help="the experiment folder or URI (STORAGE/NAME)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT,
+                   help=f"port on 127.0.0.1 (default: {DEFAULT_PORT}; 0: any free port); from "
+                   f"another machine: ssh -L {DEFAULT_PORT}:127.0.0.1:{DEFAULT_PORT} HOST")
+    p.add_argument("--every", dest="every_s", type=float, default=REFRESH_S, metavar="SECONDS",
+                   help=f"seconds between checks for new results (default: {REFRESH_S:g})")
+    p.set_defaults(func=_cmd_watch)
 
     p = sub.add_parser("ablate", help="turn each strategy of a recipe off in turn; the change "
                        "in test accuracy with a 95%% CI over seeds")
@@ -331,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cnn-tuner: error: {as_flags(str(e), _flags(parser))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as e:
-        print(f"cnn-tuner: {e or 'interrupted'}", file=sys.stderr)
+        print(f"cnn-tuner: {str(e) or 'interrupted'}", file=sys.stderr)
         return 130
 
 

@@ -21,7 +21,7 @@ from tuner.running.config import Resources, RunConfig, TuneConfig, with_shortcut
 from tuner.running.loopback import prefer_loopback
 from tuner.running.results import TuneResult, collect_results
 from tuner.running.settings import DEFAULT_NUM_SAMPLES, RunSettings, possible_values
-from tuner.running.storage import check_folder_target, is_uri
+from tuner.running.storage import check_folder_target, is_uri, join
 
 DEFAULT_STORAGE = "cnn-tuner-results"
 
@@ -104,6 +104,7 @@ def tune(space: SearchSpace | dict | str | Path = "quick", *, num_samples: int |
     config = with_shortcuts(tune_config, num_samples=num_samples, max_epochs=max_epochs)
     resources, run = resources or Resources(), run_config or RunConfig()
     prefer_loopback(run.address)
+    from tuner.running import trackers
     from tuner.running.runner import run_experiment  # imports Ray: keep `import tuner` light
 
     space_obj = resolve_space(space, max_epochs=config.max_epochs, fixed=fixed)
@@ -116,26 +117,41 @@ def tune(space: SearchSpace | dict | str | Path = "quick", *, num_samples: int |
         num_samples=_num_samples(config.searcher, config.num_samples),
         max_epochs=int(epochs), metric=config.metric, mode=config.mode,
         cpus_per_trial=resources.cpus_per_trial, gpus_per_trial=resources.gpus_per_trial,
-        max_concurrent=config.max_concurrent, seed=config.seed, max_failures=run.max_failures,
+        workers_per_trial=resources.workers_per_trial, max_concurrent=config.max_concurrent,
+        seed=config.seed, max_failures=run.max_failures,
         checkpoint_every=run.checkpoint_every, shared_storage=run.shared_storage,
-        scheduler_options=asdict(config.scheduler_options))
+        scheduler_options=asdict(config.scheduler_options), constraints=config.constraints,
+        mlflow=trackers.mlflow_uri(run.mlflow), wandb=run.wandb)
     settings.validate(space_obj)
     require_weights(possible_values(space_obj, "model"), possible_values(space_obj, "pretrained"),
                     download=all(possible_values(space_obj, "download")))
     _check_gpus(resources.gpus_per_trial, run.address)
     _check_verbose(run.verbose)
-    dataset_name = space_obj.fixed.get("dataset", "digits")
-    name = run.name or (f"{dataset_name}-{config.searcher}-{config.scheduler}-"
-                        f"{datetime.now():%Y%m%d-%H%M%S}")
-    root = str(run.storage or DEFAULT_STORAGE)
+    name = run.name or default_name(space_obj, config)
+    root = storage_root(run.storage)
     if not is_uri(root):
-        root = str(Path(root).expanduser().resolve())
         check_folder_target(root, "storage")
+    trackers.check(settings, join(root, name))
     start = time.time()
     result_grid, path = run_experiment(settings, space_obj, storage=root, name=name,
                                        address=run.address, resume=run.resume,
                                        verbose=run.verbose)
-    return collect_results(result_grid, settings, path, wall_time_s=time.time() - start)
+    result = collect_results(result_grid, settings, path, wall_time_s=time.time() - start)
+    trackers.log_results(settings, result)
+    return result
+
+
+def default_name(space: SearchSpace, config: TuneConfig) -> str:
+    """An experiment's name unless one is given: DATASET-SEARCHER-SCHEDULER-TIME."""
+    dataset = space.fixed.get("dataset", "digits")
+    return f"{dataset}-{config.searcher}-{config.scheduler}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def storage_root(storage: str | Path | None) -> str:
+    """Where experiments go: a URI as given, a local folder made absolute (trials run in their
+    own working directories); ./cnn-tuner-results by default."""
+    root = str(storage or DEFAULT_STORAGE)
+    return root if is_uri(root) else str(Path(root).expanduser().resolve())
 
 
 def _check_verbose(verbose: int) -> None:
@@ -147,9 +163,14 @@ def resume(path: str | Path, *, address: str | None = None, verbose: int = 1) ->
     """Finish an interrupted experiment: unfinished trials resume from their checkpoints,
     errored ones restart, the searcher keeps its history."""
     prefer_loopback(address)
+    from tuner.running import trackers
     from tuner.running.runner import restore_experiment
 
     _check_verbose(verbose)
+    where = str(path) if is_uri(str(path)) else str(Path(path).expanduser().resolve())
+    trackers.check(RunSettings.load(where), where)  # the run's trackers, before Ray starts
     start = time.time()
     result_grid, settings, exp_path = restore_experiment(path, address=address, verbose=verbose)
-    return collect_results(result_grid, settings, exp_path, wall_time_s=time.time() - start)
+    result = collect_results(result_grid, settings, exp_path, wall_time_s=time.time() - start)
+    trackers.log_results(settings, result)
+    return result

@@ -26,7 +26,9 @@ class TuneConfig:
     (16 by default; grid search runs each grid point once and refuses a count), ``max_epochs``
     per trial (the budget ASHA counts in; the space's ``epochs`` when unset), the ``metric`` and
     ``mode`` they optimise, at most ``max_concurrent`` trials at once (None: as many as the
-    resources allow), the searcher's ``seed`` and the scheduler's options."""
+    resources allow), the searcher's ``seed``, the scheduler's options, and ``constraints`` on
+    each trial's cost such as ``("params<=200k", "latency_ms<5")`` (docs/constraints.md): a
+    trial that breaks one ends ``infeasible`` and never counts as best."""
 
     searcher: str = "tpe"
     scheduler: str = "asha"
@@ -37,15 +39,18 @@ class TuneConfig:
     max_concurrent: int | None = None
     seed: int = 0
     scheduler_options: SchedulerOptions = field(default_factory=SchedulerOptions)
+    constraints: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Resources:
     """What one trial reserves: CPUs (> 0) and GPUs (fractions below one pack several trials
-    on a GPU)."""
+    on a GPU), and ``workers_per_trial``: above 1, the trial trains data-parallel over that many
+    Ray Train workers (docs/data-parallel.md) and the CPUs and GPUs are PER WORKER."""
 
     cpus_per_trial: float = 1
     gpus_per_trial: float = 0
+    workers_per_trial: int = 1
 
 
 @dataclass(frozen=True)
@@ -53,7 +58,10 @@ class RunConfig:
     """Where and how a run goes: ``storage`` (a folder or URI; ``./cnn-tuner-results`` by
     default) and ``name`` (DATASET-SEARCHER-SCHEDULER-TIME by default), the Ray cluster's
     ``address`` (None: a local Ray), ``shared_storage`` (a path every node sees), retries per
-    trial, checkpoint interval, ``resume`` an interrupted run of that name, Ray's verbosity."""
+    trial, checkpoint interval, ``resume`` an interrupted run of that name, Ray's verbosity, and
+    the trackers every trial is logged to (docs/tracking.md): ``mlflow`` (True: MLflow's default
+    tracking store, or a tracking URI) and ``wandb`` (Weights & Biases, offline unless
+    ``WANDB_MODE`` says otherwise); TensorBoard event files are always written."""
 
     storage: str | Path | None = None
     name: str | None = None
@@ -63,6 +71,8 @@ class RunConfig:
     checkpoint_every: int = 1
     resume: bool = False
     verbose: int = 1
+    mlflow: bool | str = False
+    wandb: bool = False
 
 
 def with_shortcuts(config: TuneConfig | None, **given: int | None) -> TuneConfig:

@@ -1,13 +1,15 @@
 """Results of a tuning run: one row per trial, the best recipe, and the files written at the end.
 
-``results.csv``: a row per trial (knobs, final metrics, ``epochs_run``, ``status``);
+``results.csv``: a row per trial (knobs, final metrics, cost metrics, ``epochs_run``,
+``status``);
 ``best_recipe.yaml``: the best trial's resolved Recipe (``cnn-tuner train --recipe`` reproduces
 it); ``summary.json``: the best trial, its val_acc and test_acc, trial counts, trial-epochs and
 wall time.
 
 A trial's ``status`` is completed (ran all its epochs), early_stopped (its own patience, or the
-scheduler such as ASHA stopped it: see ``stop_reason``), non_finite (loss became NaN/inf) or
-errored (raised; see ``error``).
+scheduler such as ASHA stopped it: see ``stop_reason``), non_finite (loss became NaN/inf),
+infeasible (broke a constraint: see ``broken_constraint``; never the best trial, and its metric
+column holds the worst value it told the searcher) or errored (raised; see ``error``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from trainables.constraints import INFEASIBLE
+from trainables.cost import COST_KEYS
 from trainables.errors import ConfigError, last_line
 from trainables.recipe import KNOBS, Recipe
 from tuner.running import storage
@@ -29,8 +33,10 @@ if TYPE_CHECKING:
     from tuner.running.settings import RunSettings
 
 METRIC_COLUMNS = ("val_acc", "val_loss", "train_acc", "train_loss", "test_acc",
-                  "images_per_s")
+                  "images_per_s", "world_size")  # world_size: workers of a data-parallel trial
+COST_COLUMNS = (*COST_KEYS, "train_time_s")  # measured by every trial (trainables.cost)
 RESULTS_CSV, BEST_RECIPE, SUMMARY = "results.csv", "best_recipe.yaml", "summary.json"
+STATUSES = ("completed", "early_stopped", "non_finite", "infeasible", "errored")
 
 
 @dataclass
@@ -54,6 +60,8 @@ def _status(metrics: dict[str, Any], error: Any, scheduler: str) -> tuple[str, s
         return "early_stopped", reason
     if reason == "non_finite_loss":
         return "non_finite", reason
+    if reason == INFEASIBLE:
+        return INFEASIBLE, reason
     return "early_stopped", f"{scheduler}_stopped"
 
 
@@ -70,6 +78,8 @@ def trial_rows(result_grid: Any, scheduler: str) -> pd.DataFrame:
                                "epochs_run": int(metrics.get("epoch", 0) or 0)}
         row.update({k: v for k, v in (res.config or {}).items() if k in KNOBS})
         row.update({k: metrics.get(k, math.nan) for k in METRIC_COLUMNS})
+        row.update({k: metrics.get(k, math.nan) for k in COST_COLUMNS})
+        row["broken_constraint"] = metrics.get("broken_constraint", "")
         row["time_total_s"] = metrics.get("time_total_s", math.nan)
         row["error"] = last_line(res.error) if res.error is not None else ""
         row["path"] = res.path
@@ -79,8 +89,10 @@ def trial_rows(result_grid: Any, scheduler: str) -> pd.DataFrame:
 
 def pick_best(df: pd.DataFrame, metric: str, mode: str) -> pd.Series | None:
     """The best trial among those that ended on their own (completed or their own early
-    stopping), so `cnn-tuner train` with its recipe reproduces it; else among all that ran."""
-    ran = df[df["status"] != "errored"].dropna(subset=[metric]) if len(df) else df
+    stopping), so `cnn-tuner train` with its recipe reproduces it; else among all that ran.
+    Never an errored or infeasible trial."""
+    ran = df[~df["status"].isin(["errored", INFEASIBLE])].dropna(subset=[metric]) \
+        if len(df) else df
     finished = ran[ran["stop_reason"].isin(["completed", "early_stopped"])]
     pool = finished if len(finished) else ran
     if not len(pool):
@@ -108,14 +120,14 @@ def collect_results(result_grid: Any, settings: RunSettings, path: str,
         "best_val_acc": best_metrics.get("val_acc"),
         "best_test_acc": best_metrics.get("test_acc"),
         "trials": len(df),
-        **{k: int(counts.get(k, 0)) for k in ("completed", "early_stopped", "non_finite",
-                                             "errored")},
+        **{k: int(counts.get(k, 0)) for k in STATUSES},
         "total_trial_epochs": int(df["epochs_run"].sum()) if len(df) else 0,
         "budget_trial_epochs": len(df) * settings.max_epochs,
         "wall_time_s": round(wall_time_s, 2),
         "searcher": settings.searcher, "scheduler": settings.scheduler,
         "num_samples": settings.num_samples, "max_epochs": settings.max_epochs,
         "metric": settings.metric, "mode": settings.mode,
+        "constraints": list(settings.constraints),
         "best_recipe": best_recipe.to_dict() if best_recipe else None,
     }
     table = df.drop(columns=["path"]).to_csv(index=False)

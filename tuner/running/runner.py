@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import ray
 from ray import tune
 from ray.tune import CheckpointConfig, CLIReporter, FailureConfig, RunConfig, TuneConfig, Tuner
@@ -20,15 +22,23 @@ from ray.tune import CheckpointConfig, CLIReporter, FailureConfig, RunConfig, Tu
 from search_spaces import Grid, SearchSpace
 from trainables.data import DataSplits, load_recipe_data
 from trainables.errors import ConfigError, first_line
+from tuner.running.dp_trial import AbortOnStop, dp_trial_slots, run_dp_trial
+from tuner.running.dp_trial import check_fits as check_dp_fits
+from tuner.running.dp_trial import trial_resources as dp_trial_resources
+from tuner.running.progress import LiveView
 from tuner.running.schedulers import PAUSING, SchedulerOptions, build_scheduler, min_open_trials
 from tuner.running.searchers import build_search
 from tuner.running.settings import RunSettings, data_recipe
-from tuner.running.storage import is_uri
+from tuner.running.storage import filesystem, is_uri
 from tuner.running.trial import TrialOptions, run_trial
 
 # Ray's own chatter that tells a CLI user nothing.
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# A local Ray enables token authentication by default and says so in a 245-character warning at
+# every start; the setting is right (it stays on), the line tells a CLI user nothing.
+logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+    logging.ERROR)
 # Checkpointing every epoch forces frequent (cheap, ~10 ms) experiment snapshots; Ray warns.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
@@ -81,14 +91,37 @@ def _fit(tuner: Tuner, path: str, settings: RunSettings, space: SearchSpace) -> 
     grid = tuner.fit()
     trials = grid._experiment_analysis.trials  # noqa: SLF001 - Ray exposes no public status
     if (any(t.status not in ("TERMINATED", "ERROR") for t in trials)
-            or len(trials) < expected_trials(settings, space)):
+            or len(trials) < expected_trials(settings, space) or _saved_unfinished(path)):
         raise RunInterrupted(path)
     return grid
+
+
+def _saved_unfinished(path: str) -> bool:
+    """Whether the experiment state Ray saved last holds a trial neither finished nor errored.
+    After Ctrl+C Ray saves the state and only then stops the running trials, marking them
+    TERMINATED in memory (TuneController._cleanup_trials): the saved state is what tells an
+    interrupted trial from one that ended (the state `resume` continues from)."""
+    fs, root = filesystem(path)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(root.rstrip("/")))
+    except (FileNotFoundError, OSError):
+        return False
+    states = sorted(i.path for i in infos if i.base_name.startswith("experiment_state-")
+                    and i.base_name.endswith(".json"))
+    if not states:
+        return False
+    with fs.open_input_stream(states[-1]) as f:
+        state = json.loads(f.read().decode())
+    return any(json.loads(data[0]).get("status") not in ("TERMINATED", "ERROR")
+               for data in state.get("trial_data", []))
 
 
 def trial_slots(settings: RunSettings) -> int:
     """How many trials the running Ray cluster can hold at once (at least 1)."""
     resources = ray.cluster_resources()
+    if settings.workers_per_trial > 1:
+        return dp_trial_slots(settings.workers_per_trial, settings.cpus_per_trial,
+                              settings.gpus_per_trial, resources)
     slots = resources.get("CPU", 1) / settings.cpus_per_trial
     if settings.gpus_per_trial:
         slots = min(slots, resources.get("GPU", 0) / settings.gpus_per_trial)
@@ -104,14 +137,34 @@ def build_trainable(settings: RunSettings, data: DataSplits) -> Any:
     (an ObjectRef handed to with_parameters is passed through, not put again)."""
     # a paused trial resumes from the checkpoint of its last report: save at every report
     options = TrialOptions(checkpoint_every=settings.checkpoint_every,
-                           checkpoint_budget=1.0 if settings.scheduler in PAUSING else 0.05)
+                           checkpoint_budget=1.0 if settings.scheduler in PAUSING else 0.05,
+                           constraints=settings.constraints, metric=settings.metric,
+                           mode=settings.mode)
+    if settings.workers_per_trial > 1:  # data-parallel: Ray Train workers reserve their own
+        trainable = tune.with_parameters(
+            run_dp_trial, data_ref=[ray.put(data)], options=options,
+            workers=settings.workers_per_trial, cpus_per_worker=settings.cpus_per_trial,
+            gpus_per_worker=settings.gpus_per_trial, max_failures=settings.max_failures)
+        trainable.__mixins__ = (AbortOnStop,)  # wrap_function makes it a base of the trainable
+        return tune.with_resources(trainable, dp_trial_resources())
     trainable = tune.with_parameters(run_trial, data=ray.put(data), options=options)
     return tune.with_resources(trainable, {"cpu": settings.cpus_per_trial,
                                            "gpu": settings.gpus_per_trial})
 
 
-def _reporter(space: SearchSpace) -> CLIReporter:
-    """The live trial table: the tuned knobs and the epoch metrics, every 10 s at most."""
+def _reporter(settings: RunSettings, space: SearchSpace, name: str,
+              verbose: int) -> tune.ProgressReporter | None:
+    """What the console shows while Ray runs: nothing (0), the compact live view (1,
+    tuner.running.progress), or Ray's own trial table every 10 s (2 and 3)."""
+    if verbose <= 0:
+        return None
+    # Ray's new output engine (RAY_AIR_NEW_OUTPUT unset or 1) drops a passed reporter with a
+    # warning (ray/tune/tune.py, "AIR_VERBOSITY is set, ignoring passed-in ProgressReporter");
+    # it reads the variable when fit() runs, so a user's RAY_AIR_NEW_OUTPUT=1 would silently
+    # replace our view and table: the legacy engine it is.
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    if verbose == 1:
+        return LiveView(name, settings, list(space.tuned))
     # conditional knobs are absent from some configs, which Ray's best-trial line can't show
     always = [k for k, d in space.tuned.items() if d.parent is None]
     return CLIReporter(parameter_columns=always[:8],
@@ -127,11 +180,14 @@ def _run_config(settings: RunSettings, space: SearchSpace, storage: str, name: s
     # writing new ones; with num_to_keep Ray deletes the chosen one first and the clone errors
     # ("Could not recover from checkpoint as it does not exist on storage anymore"): keep all.
     keep = None if settings.scheduler == "pbt" else 4
+    from tuner.running.trackers import callbacks  # MLflow, W&B (Ray writes TensorBoard itself)
+
     return RunConfig(
         name=name, storage_path=storage, verbose=verbose,
-        progress_reporter=_reporter(space) if verbose else None,
+        progress_reporter=_reporter(settings, space, name, verbose),
         failure_config=FailureConfig(max_failures=settings.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=keep),
+        callbacks=callbacks(settings, storage, name),
     )
 
 
@@ -144,7 +200,8 @@ def _scheduler(settings: RunSettings, space: SearchSpace) -> Any:
 def _search_plan(settings: RunSettings, space: SearchSpace, max_concurrent: int) -> Any:
     return build_search(settings.searcher, space, seed=settings.seed,
                         num_samples=settings.num_samples, metric=settings.metric,
-                        mode=settings.mode, max_concurrent=max_concurrent)
+                        mode=settings.mode, max_concurrent=max_concurrent,
+                        constraints=settings.constraints)
 
 
 def run_experiment(settings: RunSettings, space: SearchSpace, *, storage: str, name: str,
@@ -167,6 +224,9 @@ def run_experiment(settings: RunSettings, space: SearchSpace, *, storage: str, n
     with ray_session(address):
         if on_cluster:
             _check_storage(storage, settings)
+        if settings.workers_per_trial > 1:
+            check_dp_fits(settings.workers_per_trial, settings.cpus_per_trial,
+                          settings.gpus_per_trial, ray.cluster_resources())
         if exists:
             return _restore(path, settings, space, data, verbose), path
         if not settings.max_concurrent:  # default: as many trials as the cluster holds
@@ -177,7 +237,9 @@ def run_experiment(settings: RunSettings, space: SearchSpace, *, storage: str, n
             tune_config=TuneConfig(
                 metric=settings.metric, mode=settings.mode, search_alg=plan.search_alg,
                 scheduler=scheduler, num_samples=settings.num_samples,
-                max_concurrent_trials=plan.max_concurrent_trials, reuse_actors=True,
+                max_concurrent_trials=plan.max_concurrent_trials,
+                # a data-parallel trial's actor owns its Ray Train group: end it with the trial
+                reuse_actors=settings.workers_per_trial == 1,
                 trial_dirname_creator=_trial_dirname),
             run_config=_run_config(settings, space, storage, name, verbose))
         return _fit(tuner, path, settings, space), path
@@ -231,6 +293,13 @@ def _restore(path: str, settings: RunSettings, space: SearchSpace, data: DataSpl
         raise ConfigError(f"corrupt Ray Tune experiment state, cannot resume "
                           f"({type(e).__name__}: {first_line(e, 160)})",
                           where=where) from None
+    # Ray restores the RunConfig pickled when the run started (tuner.pkl), its verbosity and
+    # console reporter included; this resume's verbosity replaces them (the internal tuner's
+    # run config is the object fit() reads)
+    run_config = tuner._local_tuner.get_run_config()  # noqa: SLF001
+    run_config.verbose = verbose
+    run_config.progress_reporter = _reporter(settings, space, path.rstrip("/").rsplit("/", 1)[-1],
+                                             verbose)
     return _fit(tuner, path, settings, space)
 
 

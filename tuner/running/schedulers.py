@@ -3,6 +3,12 @@
 All count time in epochs (``training_iteration`` = one reported epoch), so ``max_t`` is the
 recipe's epoch budget and ``grace_period`` is the fewest epochs a trial gets before it may be
 stopped.
+
+A trial that breaks a constraint ends ``infeasible`` (``trainables.constraints``) with one last
+result that carries the worst value of the metric for the searcher; a statically infeasible one
+reports only that, at epoch 0 but as ``training_iteration`` 1. No scheduler sees that result
+(``SkipsInfeasible``): it would sit in ASHA's rung 1, the median rule's medians or PBT's
+population as a trial that trained one epoch to the worst score, lowering every cut-off.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from ray.tune.schedulers import (
 )
 
 from search_spaces import ClipToSpace, SearchSpace, pbt_mutations
+from trainables.constraints import INFEASIBLE
 from trainables.errors import ConfigError
 from tuner.running.hyperband import FilledHyperBand
 
@@ -50,6 +57,30 @@ class SchedulerOptions:
                               f"{self.perturbation_interval}")
 
 
+class SkipsInfeasible:
+    """Scheduler mixin (first base): the result that ends a trial infeasible is not one; the
+    scheduler only learns that the trial is gone (``on_trial_remove``)."""
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        if result.get("stop_reason") == INFEASIBLE:
+            return TrialScheduler.CONTINUE  # the trial returns by itself after this result
+        return super().on_trial_result(tune_controller, trial, result)  # type: ignore[misc]
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        if result and result.get("stop_reason") == INFEASIBLE:
+            self.on_trial_remove(tune_controller, trial)  # type: ignore[attr-defined]
+            return
+        super().on_trial_complete(tune_controller, trial, result)  # type: ignore[misc]
+
+
+class ASHA(SkipsInfeasible, AsyncHyperBandScheduler):
+    """Ray's AsyncHyperBandScheduler, blind to infeasible results."""
+
+
+class HyperBand(SkipsInfeasible, FilledHyperBand):
+    """FilledHyperBand (tuner.running.hyperband), blind to infeasible results."""
+
+
 def _fifo(max_epochs: int, opts: SchedulerOptions, space: SearchSpace,
           num_trials: int) -> TrialScheduler:
     return FIFOScheduler()
@@ -57,18 +88,17 @@ def _fifo(max_epochs: int, opts: SchedulerOptions, space: SearchSpace,
 
 def _asha(max_epochs: int, opts: SchedulerOptions, space: SearchSpace,
           num_trials: int) -> TrialScheduler:
-    return AsyncHyperBandScheduler(time_attr=TIME_ATTR, max_t=max_epochs,
-                                   grace_period=opts.grace(max_epochs),
-                                   reduction_factor=opts.reduction_factor)
+    return ASHA(time_attr=TIME_ATTR, max_t=max_epochs, grace_period=opts.grace(max_epochs),
+                reduction_factor=opts.reduction_factor)
 
 
 def _hyperband(max_epochs: int, opts: SchedulerOptions, space: SearchSpace,
                num_trials: int) -> TrialScheduler:
-    return FilledHyperBand(time_attr=TIME_ATTR, max_t=max_epochs,
-                           reduction_factor=opts.reduction_factor, num_trials=num_trials)
+    return HyperBand(time_attr=TIME_ATTR, max_t=max_epochs,
+                     reduction_factor=opts.reduction_factor, num_trials=num_trials)
 
 
-class StepMedianStoppingRule(MedianStoppingRule):
+class StepMedianStoppingRule(SkipsInfeasible, MedianStoppingRule):
     """Stops a trial whose best metric so far is worse than the median of the other trials'
     metric AT the same epoch (Optuna's MedianPruner rule), after the grace period and once three
     others have reached that epoch.
@@ -91,7 +121,7 @@ def _median(max_epochs: int, opts: SchedulerOptions, space: SearchSpace,
                                   min_samples_required=3)
 
 
-class LastEpochKeptPBT(PopulationBasedTraining):
+class LastEpochKeptPBT(SkipsInfeasible, PopulationBasedTraining):
     """Ray's PopulationBasedTraining, without a perturbation at a trial's last epoch.
 
     Ray perturbs whenever ``perturbation_interval`` epochs have passed, also on the final

@@ -10,12 +10,18 @@ Recipe configs.
   only when active) with Optuna's TPE sampler: multivariate over the knobs that occur together,
   and a constant liar so concurrent trials are not all suggested the same point. Optuna is an
   optional dependency (``pip install 'cnn-tuner[optuna]'``).
+
+Constraints on a trial's cost (``trainables.constraints``): an infeasible trial's last result
+carries the worst value of the metric (``tuner.running.trial``), which is all ``tpe`` learns
+(hyperopt has no notion of constraints); ``optuna`` also gets each trial's constraint values
+(``tuner.running.constrained_optuna``), so its TPE ranks infeasible trials below all feasible
+ones; ``grid`` and ``random`` learn nothing.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +36,7 @@ from search_spaces import (
     to_optuna_space,
     to_tune_param_space,
 )
+from trainables.constraints import Constraint, parse_constraints
 from trainables.errors import ConfigError
 
 
@@ -57,18 +64,18 @@ class FlatHyperOptSearch(HyperOptSearch):
 
 
 def _variants(space: SearchSpace, seed: int, num_samples: int, metric: str, mode: str,
-              max_concurrent: int) -> SearchPlan:
+              max_concurrent: int, constraints: tuple[Constraint, ...] = ()) -> SearchPlan:
     # the concurrency limit goes into the generator: Ray ignores TuneConfig's for a ready-made one
     return SearchPlan(BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent),
                       to_tune_param_space(space, seed), max_concurrent_trials=None)
 
 
 def _tpe(space: SearchSpace, seed: int, num_samples: int, metric: str, mode: str,
-         max_concurrent: int) -> SearchPlan:
+         max_concurrent: int, constraints: tuple[Constraint, ...] = ()) -> SearchPlan:
     if any(isinstance(d, Grid) for d in space.tuned.values()):
         raise ConfigError("searcher 'tpe': grid values need --searcher grid (or use choice)")
     if not space.tuned:  # nothing to learn: every trial is the same fixed recipe
-        return _variants(space, seed, num_samples, metric, mode, max_concurrent)
+        return _variants(space, seed, num_samples, metric, mode, max_concurrent, constraints)
     alg = FlatHyperOptSearch(space=to_hyperopt_space(space), fixed=space.fixed, metric=metric,
                              mode=mode, n_initial_points=startup_points(num_samples),
                              random_state_seed=seed)
@@ -84,39 +91,52 @@ def startup_points(num_samples: int) -> int:
 
 
 def _optuna(space: SearchSpace, seed: int, num_samples: int, metric: str, mode: str,
-            max_concurrent: int) -> SearchPlan:
+            max_concurrent: int, constraints: tuple[Constraint, ...] = ()) -> SearchPlan:
     define_by_run = to_optuna_space(space)  # refuses grid values before the import
     try:
         import optuna
-        from ray.tune.search.optuna import OptunaSearch
+
+        from tuner.running.constrained_optuna import (
+            NATIVE,
+            ConstrainedOptunaSearch,
+            UserAttrConstraints,
+        )
     except ImportError as err:
         raise ConfigError(f"searcher 'optuna' needs Optuna ({err}); install it with pip install "
                           "'cnn-tuner[optuna]', or use --searcher tpe") from None
     if not space.tuned:
-        return _variants(space, seed, num_samples, metric, mode, max_concurrent)
+        return _variants(space, seed, num_samples, metric, mode, max_concurrent, constraints)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per trial
     with warnings.catch_warnings():  # multivariate/group/constant_liar: "experimental" in 3.x
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # Optuna >= 5 reads constraints off the trial; older ones through constraints_func
+        old = {"constraints_func": UserAttrConstraints(tuple(c.text for c in constraints))} \
+            if constraints and not NATIVE else {}
         sampler = optuna.samplers.TPESampler(
             seed=seed, n_startup_trials=startup_points(num_samples), multivariate=True,
-            group=True, constant_liar=True)
-    alg = OptunaSearch(space=define_by_run, metric=metric, mode=mode, sampler=sampler)
+            group=True, constant_liar=True, **old)
+    alg = ConstrainedOptunaSearch(space=define_by_run, metric=metric, mode=mode, sampler=sampler,
+                                  constraints=constraints)
     return SearchPlan(alg, {}, max_concurrent_trials=max_concurrent)
 
 
-SEARCHERS: dict[str, Callable[[SearchSpace, int, int, str, str, int], SearchPlan]] = {
+SEARCHERS: dict[str, Callable[[SearchSpace, int, int, str, str, int, tuple[Constraint, ...]],
+                               SearchPlan]] = {
     "grid": _variants, "random": _variants, "tpe": _tpe, "optuna": _optuna,
 }
 
 
 def build_search(name: str, space: SearchSpace, *, seed: int, num_samples: int,
-                 metric: str = "val_acc", mode: str = "max", max_concurrent: int = 0) -> SearchPlan:
+                 metric: str = "val_acc", mode: str = "max", max_concurrent: int = 0,
+                 constraints: Sequence[str] = ()) -> SearchPlan:
     """The search plan for searcher ``name``; unknown names list the valid ones.
-    ``max_concurrent``: trials at once (0: as many as Ray can place)."""
+    ``max_concurrent``: trials at once (0: as many as Ray can place); ``constraints``: their
+    text (``trainables.constraints``), for the searchers that use them."""
     if name not in SEARCHERS:
         raise ConfigError(f"searcher: unknown searcher {name!r}; valid: {', '.join(SEARCHERS)}")
     sampled = [k for k, d in space.tuned.items() if not isinstance(d, Grid)]
     if name == "grid" and sampled:
         raise ConfigError(f"searcher 'grid': every tuned knob must be a grid, but {sampled[0]!r} "
                           "is sampled (use --searcher random, or give it grid: [...])")
-    return SEARCHERS[name](space, seed, num_samples, metric, mode, max_concurrent)
+    return SEARCHERS[name](space, seed, num_samples, metric, mode, max_concurrent,
+                           parse_constraints(constraints))

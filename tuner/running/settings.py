@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from search_spaces import SearchSpace
+from trainables.constraints import parse_constraints
 from trainables.errors import ConfigError
 from trainables.recipe import DATA_KNOBS, KNOBS, Recipe
 from tuner.running import storage
@@ -33,17 +34,29 @@ class RunSettings:
     mode: str = "max"
     cpus_per_trial: float = 1
     gpus_per_trial: float = 0
+    workers_per_trial: int = 1  # >1: data-parallel trials, resources per worker (dp_trial)
     max_concurrent: int | None = None
     seed: int = 0
     max_failures: int = 2
     checkpoint_every: int = 1
     scheduler_options: dict[str, Any] = field(default_factory=dict)
     shared_storage: bool = False  # every cluster node sees the storage path (tuner.running.cluster)
+    mlflow: str | None = None  # MLflow tracking URI, None: off (tuner.running.trackers)
+    wandb: bool = False  # Weights & Biases through Ray's callback (tuner.running.trackers)
+    constraints: tuple[str, ...] = ()  # on each trial's cost (trainables.constraints)
+
+    def __post_init__(self) -> None:
+        # one string is one constraint; JSON gives back a list
+        self.constraints = ((self.constraints,) if isinstance(self.constraints, str)
+                            else tuple(self.constraints or ()))
 
     def validate(self, space: SearchSpace) -> None:
         """Refuse settings no run can use, in one line, before Ray starts (resources, counts,
-        pairings, fp16). Messages name the Python parameter; the CLI shows its flag instead."""
+        pairings, fp16, constraints). Messages name the Python parameter; the CLI shows its flag
+        instead."""
+        parse_constraints(self.constraints)
         check_resources(self.cpus_per_trial, self.gpus_per_trial)
+        self._check_workers(space)
         if self.num_samples < 1:
             raise ConfigError(f"num_samples: must be >= 1, got {self.num_samples}")
         if self.max_concurrent is not None and self.max_concurrent < 1:
@@ -66,6 +79,26 @@ class RunSettings:
         if self.gpus_per_trial == 0 and "fp16" in possible_values(space, "precision"):
             raise ConfigError("knob 'precision': the space allows fp16, which needs a CUDA "
                               "device, but gpus_per_trial is 0")
+
+    def _check_workers(self, space: SearchSpace) -> None:
+        """Data-parallel trials (workers_per_trial > 1): what they cannot do, refused up front."""
+        n = self.workers_per_trial
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ConfigError(f"workers_per_trial: must be a whole number >= 1, got {n!r}")
+        if self.gpus_per_trial > 1:
+            raise ConfigError(f"gpus_per_trial: a trial's worker trains on one GPU, got "
+                              f"{self.gpus_per_trial:g}; to train one trial on several GPUs "
+                              "set workers_per_trial to the number of GPUs (one worker each)")
+        if n == 1:
+            return
+        if self.scheduler in PAUSING:
+            raise ConfigError(f"workers_per_trial: scheduler {self.scheduler!r} pauses and "
+                              "clones trials through Tune checkpoints, which data-parallel "
+                              f"trials do not keep; use another scheduler or 1 worker, got {n}")
+        if self.gpus_per_trial == 0 and True in possible_values(space, "sync_bn"):
+            raise ConfigError("knob 'sync_bn': the space allows sync_bn true, which needs CUDA "
+                              f"workers (SyncBatchNorm has no CPU kernel), but gpus_per_trial "
+                              f"is 0 with workers_per_trial {n}")
 
     def save(self, path: str) -> None:
         storage.write_text(storage.join(path, SETTINGS_FILE),

@@ -28,7 +28,8 @@ def join(base: str, name: str) -> str:
     return f"{str(base).rstrip('/')}/{name}"
 
 
-def _resolve(path: str) -> tuple[pafs.FileSystem, str]:
+def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow file system of a local path or URI, and the path within it."""
     if is_uri(path):
         try:
             return pafs.FileSystem.from_uri(str(path))
@@ -38,7 +39,7 @@ def _resolve(path: str) -> tuple[pafs.FileSystem, str]:
 
 
 def write_text(path: str, text: str) -> None:
-    fs, p = _resolve(path)
+    fs, p = filesystem(path)
     fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(p) as f:
         f.write(text.encode())
@@ -46,7 +47,7 @@ def write_text(path: str, text: str) -> None:
 
 def read_text(path: str) -> str | None:
     """The file's text, or None when it does not exist."""
-    fs, p = _resolve(path)
+    fs, p = filesystem(path)
     if fs.get_file_info(p).type != pafs.FileType.File:
         return None
     with fs.open_input_stream(p) as f:
@@ -57,7 +58,7 @@ def mirror_experiment(uri: str, local: Path, skip_top: tuple[str, ...] = ()) -> 
     """Copy an experiment's small files from ``uri`` into ``local``: everything except Ray's
     checkpoint folders (``checkpoint_*``, the bulk of it) and the top-level entries named in
     ``skip_top``. ConfigError when there is no such folder."""
-    fs, root = _resolve(uri)
+    fs, root = filesystem(uri)
     root = root.rstrip("/")
     try:
         infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
@@ -81,7 +82,7 @@ def mirror_experiment(uri: str, local: Path, skip_top: tuple[str, ...] = ()) -> 
 
 def upload_dir(local: Path, uri: str) -> None:
     """Copy the folder ``local`` (recursively) to ``uri``."""
-    fs, root = _resolve(uri)
+    fs, root = filesystem(uri)
     fs.create_dir(root, recursive=True)
     pafs.copy_files(str(local), root, source_filesystem=pafs.LocalFileSystem(),
                     destination_filesystem=fs)

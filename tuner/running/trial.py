@@ -3,11 +3,16 @@
 Everything Ray-specific of a trial lives here: threads from the trial's CPUs, the device from
 the GPUs Ray assigned, checkpoints every ``checkpoint_every`` epochs (and at the end), and
 resuming from ``tune.get_checkpoint()`` after a retry or a PBT exploit.
+
+A trial that breaks one of the run's constraints (``trainables.constraints``; the loop checks
+them) ends ``infeasible``; its last result carries the WORST value of the run's metric
+(``worst_value``), which is what the searcher learns from, and no checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import sys
@@ -23,6 +28,7 @@ import torch
 from ray import tune
 
 from trainables.checkpoint import load_checkpoint, save_checkpoint
+from trainables.constraints import INFEASIBLE, parse_constraints
 from trainables.data import DataSplits
 from trainables.loop import train
 from trainables.models import check_runnable
@@ -34,7 +40,9 @@ _warned_no_cuda = False
 
 @dataclass(frozen=True)
 class TrialOptions:
-    """How trials run, beyond the Recipe: checkpoint cadence.
+    """How trials run, beyond the Recipe: checkpoint cadence, and the run's ``constraints``
+    (their text, checked on the driver) with the ``metric`` and ``mode`` an infeasible trial
+    reports the worst value of.
 
     A checkpoint is written every ``checkpoint_every`` epochs and at the end, but a periodic one
     is skipped while the time since the last checkpoint is under ``1 / checkpoint_budget`` times
@@ -46,6 +54,17 @@ class TrialOptions:
 
     checkpoint_every: int = 1
     checkpoint_budget: float = 0.05
+    constraints: tuple[str, ...] = ()
+    metric: str = "val_acc"
+    mode: str = "max"
+
+
+def worst_value(metric: str, mode: str) -> float:
+    """The worst value ``metric`` can take under ``mode``: 0 (max) or 1 (min) for an accuracy
+    (``*_acc``), else -inf (max) or inf (min). An infeasible trial tells its searcher this."""
+    if metric.endswith("_acc"):
+        return 0.0 if mode == "max" else 1.0
+    return -math.inf if mode == "max" else math.inf
 
 
 def recipe_from_config(config: dict[str, Any]) -> Recipe:
@@ -113,6 +132,10 @@ def run_trial(config: dict[str, Any], data: DataSplits | None = None,
         metrics = {**metrics, "device": str(device), "gpu_ids": gpu_ids, "pid": os.getpid(),
                    "node_id": node_id, "resumed_from": resumed_from,
                    "resumed_from_trial": resumed_from_trial}
+        if metrics.get("stop_reason") == INFEASIBLE:
+            # no result: never best, never resumed or cloned, so no checkpoint either
+            tune.report({**metrics, options.metric: worst_value(options.metric, options.mode)})
+            return
         due = metrics["epoch"] % options.checkpoint_every == 0 and (
             time.monotonic() - last["at"] >= last["cost"] / options.checkpoint_budget)
         if not due and "stop_reason" not in metrics:
@@ -125,4 +148,5 @@ def run_trial(config: dict[str, Any], data: DataSplits | None = None,
             tune.report(metrics, checkpoint=checkpoint)
             last.update(at=time.monotonic(), cost=time.monotonic() - start)
 
-    train(recipe, data, device, report, resume=resume)
+    train(recipe, data, device, report, resume=resume,
+          constraints=parse_constraints(options.constraints))

@@ -1,0 +1,112 @@
+"""Data-parallel trials (workers_per_trial > 1): refusals without Ray, and one real small
+TPE + ASHA run whose trials each train over 2 Ray Train workers (DDP, gloo) on digits."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from search_spaces import SearchSpace
+from trainables.errors import ConfigError
+from trainables.recipe import Recipe
+from tuner.running.dp_trial import check_fits, dp_trial_slots
+from tuner.running.settings import RunSettings
+
+SPACE = {"dataset": "digits", "width": 8, "lr": {"loguniform": [0.01, 0.3]}}
+
+
+def _validate(**settings):
+    space = SearchSpace.from_dict(settings.pop("space", SPACE))
+    RunSettings(space=space.to_dict(), **settings).validate(space)
+
+
+def test_several_gpus_per_trial_points_at_workers_per_trial():
+    with pytest.raises(ConfigError, match="gpus_per_trial: .*set workers_per_trial") as e:
+        _validate(gpus_per_trial=2)
+    assert "\n" not in str(e.value)
+    _validate(gpus_per_trial=1, workers_per_trial=2)  # one GPU per worker is fine
+
+
+@pytest.mark.parametrize("settings, words", [
+    ({"workers_per_trial": 0}, "whole number >= 1"),
+    ({"workers_per_trial": 2, "scheduler": "pbt", "searcher": "random"}, "pauses and clones"),
+    ({"workers_per_trial": 2, "space": {**SPACE, "sync_bn": True}}, "SyncBatchNorm"),
+])
+def test_what_data_parallel_trials_cannot_do_is_refused_before_ray(settings, words):
+    with pytest.raises(ConfigError, match=words):
+        _validate(**settings)
+
+
+def test_a_group_the_cluster_cannot_hold_is_refused_naming_need_and_have():
+    check_fits(2, 1, 0, {"CPU": 2.0})  # the defaults fit a 2-core machine
+    with pytest.raises(ConfigError) as e:
+        check_fits(3, 1, 0, {"CPU": 2.0})
+    assert "need 3 CPUs" in str(e.value) and "has 2" in str(e.value)
+    with pytest.raises(ConfigError, match="need 4 GPUs at once, but the cluster has 2"):
+        check_fits(4, 0.5, 1, {"CPU": 8.0, "GPU": 2.0})
+    assert dp_trial_slots(2, 0.5, 0, {"CPU": 2.0}) == 2
+    assert dp_trial_slots(2, 1, 0, {"CPU": 2.0}) == 1
+
+
+@pytest.mark.ray
+def test_data_parallel_trials_inside_tpe_asha(ray_local, tmp_path):
+    from tuner import Resources, RunConfig, TuneConfig, tune
+
+    res = tune(SPACE, num_samples=2, max_epochs=2,
+               tune_config=TuneConfig(searcher="tpe", scheduler="asha"),
+               resources=Resources(workers_per_trial=2),  # default 1 CPU per worker
+               run_config=RunConfig(storage=tmp_path, name="dp", verbose=0))
+    assert res.summary["completed"] + res.summary.get("early_stopped", 0) == 2, res.summary
+    rows = [json.loads(line) for f in (tmp_path / "dp").glob("trial_*/result.json")
+            for line in f.read_text().splitlines()]
+    assert rows and all(r["world_size"] == 2 for r in rows)
+    table = pd.read_csv(tmp_path / "dp" / "results.csv")
+    assert len(table) == 2 and set(table["world_size"]) == {2}
+    best = Recipe.from_yaml(tmp_path / "dp" / "best_recipe.yaml")
+    assert best.lr == pytest.approx(res.best_recipe.lr) and best.width == 8
+    assert res.best_metrics["val_acc"] == table["val_acc"].max()
+
+
+@pytest.mark.ray
+def test_a_killed_worker_resumes_the_group_from_the_last_checkpoint(ray_local, tmp_path):
+    import os
+    import signal
+    import threading
+    import time
+    from pathlib import Path
+
+    from tuner import Resources, RunConfig, TuneConfig, tune
+
+    staging = Path(ray_local._private.worker._global_node.get_session_dir_path(), "artifacts")
+    kills: list[int] = []
+    stop = threading.Event()
+
+    def killer():  # kill rank 0 (worker_pid in the rows) once an epoch >= 2 is reported
+        while not stop.is_set() and not kills:
+            time.sleep(0.3)
+            for f in staging.glob("*/dpkill/driver_artifacts/trial_*/result.json"):
+                rows = [json.loads(ln) for ln in f.read_text().splitlines() if ln.strip()]
+                if rows and rows[-1]["epoch"] >= 2 and "stop_reason" not in rows[-1]:
+                    os.kill(rows[-1]["worker_pid"], signal.SIGKILL)
+                    kills.append(rows[-1]["worker_pid"])
+                    return
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    try:
+        res = tune({"dataset": "digits", "width": 32, "lr": 0.1}, num_samples=1, max_epochs=8,
+                   tune_config=TuneConfig(searcher="random", scheduler="fifo"),
+                   resources=Resources(workers_per_trial=2),
+                   run_config=RunConfig(storage=tmp_path, name="dpkill", verbose=0,
+                                        max_failures=3))
+    finally:
+        stop.set()
+        thread.join()
+    assert kills, "no worker was killed: the test proved nothing"
+    assert res.summary["completed"] == 1 and res.summary["errored"] == 0, res.summary
+    rows = [json.loads(ln) for f in (tmp_path / "dpkill").glob("trial_*/result.json")
+            for ln in f.read_text().splitlines() if ln.strip()]
+    after = [r for r in rows if r["worker_pid"] != kills[0]]
+    assert after and after[0]["resumed_from"] >= 1, after[:1]  # from a checkpoint, not scratch
+    assert after[0]["epoch"] == after[0]["resumed_from"] + 1
+    assert rows[-1]["epoch"] == 8 and rows[-1]["world_size"] == 2
