@@ -10,11 +10,12 @@ import contextlib
 import json
 import logging
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pyarrow.fs as pafs
 import ray
 from ray import tune
 from ray.tune import CheckpointConfig, CLIReporter, FailureConfig, RunConfig, TuneConfig, Tuner
@@ -29,7 +30,7 @@ from tuner.running.progress import LiveView
 from tuner.running.schedulers import PAUSING, SchedulerOptions, build_scheduler, min_open_trials
 from tuner.running.searchers import build_search
 from tuner.running.settings import RunSettings, data_recipe
-from tuner.running.storage import filesystem, is_uri
+from tuner.running.storage import is_uri
 from tuner.running.trial import TrialOptions, run_trial
 
 # Ray's own chatter that tells a CLI user nothing.
@@ -87,33 +88,44 @@ def expected_trials(settings: RunSettings, space: SearchSpace) -> int:
 
 def _fit(tuner: Tuner, path: str, settings: RunSettings, space: SearchSpace) -> Any:
     """Tuner.fit(), raising RunInterrupted if Ray stopped early (SIGINT) with trials left:
-    a trial not finished, or fewer trials than the run asks for (not yet suggested)."""
-    grid = tuner.fit()
+    a trial not finished, fewer trials than the run asks for (not yet suggested), or a Ctrl+C
+    that Ray caught after every trial had started (Ray then marks the trials it stops
+    TERMINATED, TuneController._cleanup_trials, so their status cannot tell)."""
+    with _CtrlCWatch() as ctrl_c:
+        grid = tuner.fit()
     trials = grid._experiment_analysis.trials  # noqa: SLF001 - Ray exposes no public status
-    if (any(t.status not in ("TERMINATED", "ERROR") for t in trials)
-            or len(trials) < expected_trials(settings, space) or _saved_unfinished(path)):
+    if (ctrl_c.caught or any(t.status not in ("TERMINATED", "ERROR") for t in trials)
+            or len(trials) < expected_trials(settings, space)):
         raise RunInterrupted(path)
     return grid
 
 
-def _saved_unfinished(path: str) -> bool:
-    """Whether the experiment state Ray saved last holds a trial neither finished nor errored.
-    After Ctrl+C Ray saves the state and only then stops the running trials, marking them
-    TERMINATED in memory (TuneController._cleanup_trials): the saved state is what tells an
-    interrupted trial from one that ended (the state `resume` continues from)."""
-    fs, root = filesystem(path)
-    try:
-        infos = fs.get_file_info(pafs.FileSelector(root.rstrip("/")))
-    except (FileNotFoundError, OSError):
-        return False
-    states = sorted(i.path for i in infos if i.base_name.startswith("experiment_state-")
-                    and i.base_name.endswith(".json"))
-    if not states:
-        return False
-    with fs.open_input_stream(states[-1]) as f:
-        state = json.loads(f.read().decode())
-    return any(json.loads(data[0]).get("status") not in ("TERMINATED", "ERROR")
-               for data in state.get("trial_data", []))
+class _CtrlCWatch:
+    """Whether Ray Tune caught a Ctrl+C during ``fit()``. Ray installs its own SIGINT handler
+    for the run and, when the signal comes, puts back the handler it found
+    (ray/tune/tune.py, ``_setup_signal_catching``): this installs a handler of its own first,
+    and finds it back in place after fit() exactly when Ray caught one. Ray catches only in the
+    main thread and unless TUNE_DISABLE_SIGINT_HANDLER is set; elsewhere it knows nothing."""
+
+    def __enter__(self) -> _CtrlCWatch:
+        self.caught = False
+        self.active = (threading.current_thread() is threading.main_thread()
+                       and os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") in ("", "0"))
+        if self.active:
+            self.previous = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, sig: int, frame: Any) -> None:  # a second Ctrl+C: what it did before
+        if callable(self.previous):
+            self.previous(sig, frame)
+        else:
+            signal.default_int_handler(sig, frame)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.active:
+            self.caught = signal.getsignal(signal.SIGINT) == self._handler
+            signal.signal(signal.SIGINT, self.previous)
 
 
 def trial_slots(settings: RunSettings) -> int:
