@@ -20,7 +20,7 @@ RESULT_FILE, PARAMS_FILE, ERROR_FILE = "result.json", "params.json", "error.txt"
 LIVE = {"RUNNING": "running", "PENDING": "pending", "PAUSED": "paused"}  # Ray's unfinished states
 
 
-def _records(text: str, metric: str) -> list[dict]:
+def epoch_records(text: str, metric: str) -> list[dict]:
     """The epoch records of a ``result.json``; a line cut short (still being written, or by a
     crash) is skipped."""
     out = []
@@ -70,7 +70,7 @@ def live_trials(folder: Path, settings: RunSettings) -> LiveTrials:
         except (ValueError, OSError):
             continue  # written as the trial starts: the next refresh reads it
         f = d / RESULT_FILE
-        records = _records(f.read_text(), settings.metric) if f.is_file() else []
+        records = epoch_records(f.read_text(), settings.metric) if f.is_file() else []
         if not records or not isinstance(config, dict):
             continue
         first, last = records[0], records[-1]

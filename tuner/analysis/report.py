@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +26,7 @@ from search_spaces.distributions import LogUniform
 from trainables.errors import ConfigError
 from tuner.analysis import plots
 from tuner.analysis.importance import Importance, knob_importance
+from tuner.analysis.live_trials import epoch_records
 from tuner.running import storage
 from tuner.running.results import BEST_RECIPE, RESULTS_CSV, load_results
 from tuner.running.settings import RunSettings
@@ -82,14 +82,9 @@ def _epochs(trial_dir: Path | None, metric: str, cols: list[str]) -> list[tuple]
     f = trial_dir / "result.json" if trial_dir else None
     if f is None or not f.is_file():
         return []
-    by_epoch: dict = {}
-    for line in f.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a crash
-        if "epoch" in rec and metric in rec:  # a retried epoch: its last report counts
-            by_epoch[rec["epoch"]] = tuple(rec.get(c) for c in cols)
+    # a retried epoch: its last report counts
+    by_epoch = {rec["epoch"]: tuple(rec.get(c) for c in cols)
+                for rec in epoch_records(f.read_text(), metric)}
     return sorted(by_epoch.values(), key=lambda r: r[0])
 
 
