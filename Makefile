@@ -43,7 +43,7 @@ lint: $(STAMP)
 # 12 minutes on 2 quiet cores (20 when other work loads them; see BENCHMARKS.md). Optuna (the
 # `optuna` extra, also in `dev`) is the baseline of two. gpu_throughput needs CUDA: run it by hand.
 BENCH_OUT ?= runs/bench-cpu.jsonl
-BENCH_CPU  = trial_overhead augment search_efficiency concurrency short_trials
+BENCH_CPU  = trial_overhead augment search_efficiency concurrency short_trials time_to_accuracy
 
 bench: $(STAMP)
 	$(PY) -c 'import optuna' 2>/dev/null || $(PY) -m pip install -q 'optuna>=3.0'

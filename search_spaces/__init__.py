@@ -19,7 +19,9 @@ from search_spaces.convert import (
     ClipToSpace,
     flatten_config,
     merge_fixed,
+    optuna_distributions,
     pbt_mutations,
+    to_hyperopt_point,
     to_hyperopt_space,
     to_optuna_space,
     to_tune_param_space,
@@ -45,6 +47,7 @@ from search_spaces.space import SearchSpace, active_knobs, sample
 __all__ = [
     "Choice", "ClipToSpace", "Distribution", "Grid", "LogUniform", "QRandInt", "RandInt",
     "SearchSpace", "Uniform", "active_knobs", "choice", "flatten_config", "grid", "list_presets",
-    "load_space", "loguniform", "merge_fixed", "pbt_mutations", "preset_path", "qrandint",
-    "randint", "sample", "to_hyperopt_space", "to_optuna_space", "to_tune_param_space", "uniform",
+    "load_space", "loguniform", "merge_fixed", "optuna_distributions", "pbt_mutations",
+    "preset_path", "qrandint", "randint", "sample", "to_hyperopt_point", "to_hyperopt_space",
+    "to_optuna_space", "to_tune_param_space", "uniform",
 ]

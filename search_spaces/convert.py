@@ -21,6 +21,10 @@ Three targets, because they represent conditional knobs differently:
   that suggests each tuned knob, under its own name, only when its parent took one of its
   values, and returns the flat config with the fixed knobs.
 
+Earlier trials go the other way for a warm start: ``to_hyperopt_point`` (a flat config as
+hyperopt's per-label values) and ``optuna_distributions`` (the distributions to add it to a
+study with).
+
 All three reproduce ``space.sample``'s semantics: same values, same ranges (integer ends inclusive),
 same active knobs.
 """
@@ -48,7 +52,8 @@ from search_spaces.space import SearchSpace, _plain
 from trainables.errors import ConfigError
 
 __all__ = ["ClipToSpace", "ConditionalSample", "OptunaSpace", "flatten_config", "merge_fixed",
-           "pbt_mutations", "to_hyperopt_space", "to_optuna_space", "to_tune_param_space"]
+           "optuna_distributions", "pbt_mutations", "to_hyperopt_point", "to_hyperopt_space",
+           "to_optuna_space", "to_tune_param_space"]
 
 # hyperopt's quniform rounds uniform(low, high) / q; widening by just under half a step gives
 # every integer the same mass and never rounds outside [low, high]
@@ -199,7 +204,7 @@ def _hp_node(space: SearchSpace, knob: str, path: tuple[tuple[str, Any], ...]) -
     from hyperopt import hp
 
     dist = space.tuned[knob]
-    label = knob + (f"[{','.join(f'{p}={v}' for p, v in path)}]" if path else "")
+    label = _hp_label(knob, path)
     children = space.children(knob)
     if not children:
         return _hp_leaf(dist, label)
@@ -211,6 +216,44 @@ def _hp_node(space: SearchSpace, knob: str, path: tuple[tuple[str, Any], ...]) -
                 option[child] = _hp_node(space, child, (*path, (knob, value)))
         options.append(option)
     return hp.choice(label, options)
+
+
+def _hp_label(knob: str, path: tuple[tuple[str, Any], ...]) -> str:
+    return knob + (f"[{','.join(f'{p}={v}' for p, v in path)}]" if path else "")
+
+
+def to_hyperopt_point(space: SearchSpace, flat: Mapping[str, Any]) -> dict[str, list]:
+    """A flat config of ``space`` (an earlier trial's knobs) as hyperopt stores a trial's values
+    (``misc["vals"]``): every label of ``to_hyperopt_space(space)`` -> ``[value]`` where the
+    config takes that node (a choice as the index of its value, an integer as the float
+    ``quniform`` draws) or ``[]`` on a branch it does not take. With it a finished trial is added
+    to hyperopt's ``Trials`` as already evaluated (``tuner.running.warm_start``); Ray's
+    ``points_to_evaluate`` cannot express nested choices of dicts."""
+    vals: dict[str, list] = {}
+    for knob, dist in space.tuned.items():
+        if dist.parent is None or dist.parent in space.fixed:
+            _hp_point(space, knob, (), flat, True, vals)
+    return vals
+
+
+def _hp_point(space: SearchSpace, knob: str, path: tuple[tuple[str, Any], ...],
+              flat: Mapping[str, Any], taken: bool, vals: dict[str, list]) -> None:
+    dist = space.tuned[knob]
+    label = _hp_label(knob, path)
+    if taken and knob not in flat:
+        raise ConfigError(f"knob {knob!r}: active in this config but missing from it")
+    value = _plain(flat[knob]) if taken else None
+    if not isinstance(dist, (Choice, Grid)):
+        vals[label] = [float(value)] if taken else []
+        return
+    index = next((i for i, v in enumerate(dist.values) if _same(v, value)), None)
+    if taken and index is None:
+        raise ConfigError(f"knob {knob!r}: {value!r} is not one of {list(dist.values)}")
+    vals[label] = [index] if taken else []
+    for i, v in enumerate(dist.values):
+        for child in space.children(knob):
+            if any(_same(v, w) for w in space.tuned[child].when[knob]):
+                _hp_point(space, child, (*path, (knob, v)), flat, taken and i == index, vals)
 
 
 def _hp_leaf(dist: Distribution, label: str) -> Any:
@@ -251,6 +294,34 @@ class OptunaSpace:
 
     def __call__(self, trial: Any) -> dict[str, Any]:
         return self.space.resolve(lambda knob, dist: _optuna_suggest(trial, knob, dist))
+
+
+def optuna_distributions(space: SearchSpace, flat: Mapping[str, Any]) -> dict[str, Any]:
+    """The Optuna distribution of every tuned knob active in ``flat``, equal to the one
+    ``OptunaSpace`` suggests it from: with them an earlier trial joins a study as already
+    evaluated (``optuna.trial.create_trial``; Ray's ``evaluated_rewards`` refuses a
+    define-by-run space)."""
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
+    out: dict[str, Any] = {}
+    merged = {**space.fixed, **flat}
+    for knob, dist in space.tuned.items():
+        if not space.is_active(knob, merged):
+            continue
+        kind = type(dist)
+        if kind is Choice:
+            out[knob] = CategoricalDistribution(list(dist.values))
+        elif kind in (Uniform, LogUniform):
+            out[knob] = FloatDistribution(dist.low, dist.high, log=kind is LogUniform)
+        elif kind in (RandInt, QRandInt):
+            out[knob] = IntDistribution(dist.low, dist.high, step=getattr(dist, "q", 1))
+        else:
+            raise AssertionError(f"no Optuna distribution for {dist!r}")
+    return out
 
 
 def _optuna_suggest(trial: Any, knob: str, dist: Distribution) -> Any:

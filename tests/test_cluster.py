@@ -550,6 +550,27 @@ def test_worker_node_failure_loses_no_trial(two_nodes, tmp_path):
     assert "stop_reason" in after[-1]
 
 
+@pytest.mark.ray
+def test_a_data_parallel_trial_trains_over_both_nodes(two_nodes, tmp_path):
+    """One trial, 2 Ray Train workers of 1 CPU on two 1-CPU nodes: its group is placed across
+    the nodes (Ray Train's PACK strategy keeps a group on one node only when it fits there) and
+    the two ranks train together over gloo on loopback, every epoch reported once."""
+    exp = tmp_path / "dp"
+    proc = subprocess.run(
+        [*CLI, "run", "--address", two_nodes.address, "--storage", str(tmp_path), "--name", "dp",
+         "--num-samples", "1", "--max-epochs", "2", "--workers-per-trial", "2", *TINY],
+        env=two_nodes.driver_env(**{tc.SHARED_STORAGE_ENV: "1"}), capture_output=True,
+        text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (rows,) = _trial_results(exp).values()
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[-1]["stop_reason"] == "completed"
+    for r in rows:  # rank 0 and rank 1, each on its own node, in one world of 2
+        assert r["world_size"] == 2
+        assert sorted(r["worker_node_ids"].split(",")) == sorted([two_nodes.head,
+                                                                  two_nodes.worker])
+        assert len(set(r["worker_pids"].split(","))) == 2
+
+
 # -- local multi-GPU (Ray's logical GPUs: no CUDA needed) ---------------------------------------
 
 def test_two_gpus_per_trial_is_refused_pointing_at_workers_per_trial(tmp_path):

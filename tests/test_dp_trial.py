@@ -29,12 +29,17 @@ def test_several_gpus_per_trial_points_at_workers_per_trial():
 
 @pytest.mark.parametrize("settings, words", [
     ({"workers_per_trial": 0}, "whole number >= 1"),
-    ({"workers_per_trial": 2, "scheduler": "pbt", "searcher": "random"}, "pauses and clones"),
     ({"workers_per_trial": 2, "space": {**SPACE, "sync_bn": True}}, "SyncBatchNorm"),
 ])
 def test_what_data_parallel_trials_cannot_do_is_refused_before_ray(settings, words):
     with pytest.raises(ConfigError, match=words):
         _validate(**settings)
+
+
+@pytest.mark.parametrize("scheduler", ["pbt", "hyperband"])
+def test_pausing_schedulers_are_accepted_with_several_workers(scheduler):
+    """Data-parallel trials keep Tune checkpoints: PBT and HyperBand pause and clone them."""
+    _validate(workers_per_trial=2, scheduler=scheduler, searcher="random")
 
 
 def test_a_group_the_cluster_cannot_hold_is_refused_naming_need_and_have():
@@ -110,3 +115,113 @@ def test_a_killed_worker_resumes_the_group_from_the_last_checkpoint(ray_local, t
     assert after and after[0]["resumed_from"] >= 1, after[:1]  # from a checkpoint, not scratch
     assert after[0]["epoch"] == after[0]["resumed_from"] + 1
     assert rows[-1]["epoch"] == 8 and rows[-1]["world_size"] == 2
+
+
+def test_train_workers_refuses_what_it_cannot_split_before_ray(tmp_path, capsys):
+    from tuner.cli import main
+
+    out = tmp_path / "out"
+    code = main(["train", "--workers", "2", "--set", "batch_size=63", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "divisible by the world size 2" in err[0], err
+    assert main(["train", "--workers", "0", "--out", str(out)]) == 2
+    assert "--workers: must be a whole number >= 1" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.ray
+def test_train_workers_runs_one_recipe_data_parallel(ray_local, tmp_path, capsys):
+    """`cnn-tuner train --workers 2`: the trial's Ray Train group (joining the Ray that runs),
+    the same four files as a 1-worker `train`."""
+    from trainables.checkpoint import load_checkpoint
+    from tuner.cli import main
+
+    out = tmp_path / "dp"
+    code = main(["train", "--workers", "2", "--device", "cpu", "--out", str(out), "--set",
+                 "dataset=digits", "--set", "width=8", "--set", "epochs=2", "--set", "lr=0.1"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "epoch   1/2" in printed and "epoch   2/2" in printed and "completed" in printed
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert list(metrics["epoch"]) == [1, 2]
+    final = json.loads((out / "result.json").read_text())
+    assert final["world_size"] == 2 and final["stop_reason"] == "completed"
+    assert final["epochs_run"] == 2 and "worker_pid" not in final
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["epoch"] == 2 and state["recipe"]["width"] == 8
+    assert Recipe.from_yaml(out / "recipe.yaml").lr == 0.1
+    assert ray_local.is_initialized()  # the session's Ray was joined, not shut down
+
+
+def _terminated_trials(exp) -> set[str]:
+    """Trial folders TERMINATED in the newest experiment state Ray saved (what resume reads)."""
+    states = sorted(exp.glob("experiment_state-*.json"))
+    try:
+        trials = [json.loads(t) for t, _ in json.loads(states[-1].read_text())["trial_data"]]
+    except (IndexError, ValueError, KeyError):  # none yet, or caught mid-write
+        return set()
+    return {f"trial_{t['trial_id']}" for t in trials if t.get("status") == "TERMINATED"}
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_killed_data_parallel_run_resumes_with_every_epoch_once(tmp_path):
+    """The driver (and the Ray it started) SIGKILLed once a trial finished, then `cnn-tuner
+    resume`: the unfinished trial's new group starts from its Tune checkpoint."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cli = [sys.executable, "-m", "tuner.cli"]
+    exp = tmp_path / "exp"
+    run = subprocess.Popen(
+        [*cli, "run", "--storage", str(tmp_path), "--name", "exp", "--searcher", "random",
+         "--scheduler", "fifo", "--num-samples", "3", "--max-epochs", "3", "--set", "width=8",
+         "--set", "image_size=16", "--workers-per-trial", "2", "--verbose", "0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and not _terminated_trials(exp) and run.poll() is None:
+            time.sleep(0.5)
+        assert run.poll() is None, "the run ended before the kill: it proved nothing"
+        done = _terminated_trials(exp)
+        assert done, "no trial finished before the deadline"
+    finally:
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+    before = {name: (exp / name / "result.json").read_text() for name in done}
+    resumed = subprocess.run([*cli, "resume", str(exp), "--verbose", "0"], capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    table = pd.read_csv(exp / "results.csv")
+    assert len(table) == 3 and not (table["status"] == "errored").any(), table
+    for name, text in before.items():  # finished before the kill: kept, not rerun
+        assert (exp / name / "result.json").read_text() == text
+    for f in exp.glob("trial_*/result.json"):
+        rows = [json.loads(ln) for ln in f.read_text().splitlines() if ln.strip()]
+        assert [r["epoch"] for r in rows] == [1, 2, 3], f.parent.name
+        assert all(r["world_size"] == 2 for r in rows)
+
+
+RAY_TRAIN_CHATTER = ("TrainController", "RayTrainWorker", "PlacementGroupCleaner",
+                     "worker group", "Reporting training result", "Checkpoint successfully",
+                     "Requesting resources", "Setting up process group", "Deprecation")
+
+
+@pytest.mark.ray
+def test_a_data_parallel_run_at_verbose_0_prints_no_ray_train_chatter(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "tuner.cli", "run", "--storage", str(tmp_path), "--name", "q",
+         "--searcher", "random", "--scheduler", "fifo", "--num-samples", "1", "--max-epochs",
+         "1", "--set", "width=8", "--set", "image_size=16", "--workers-per-trial", "2",
+         "--verbose", "0"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "1 trials: 1 completed" in proc.stdout
+    chatter = [ln for ln in (proc.stdout + proc.stderr).splitlines()
+               if any(word in ln for word in RAY_TRAIN_CHATTER)]
+    assert not chatter, chatter

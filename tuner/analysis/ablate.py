@@ -17,15 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from scipy import stats
 
-from trainables.errors import ConfigError, last_line
+from trainables.errors import ConfigError
 from trainables.recipe import Recipe
+from tuner.running.repeats import t_interval, train_all
 from tuner.running.settings import check_resources
 from tuner.running.storage import check_folder_target
 
 ABLATION_CSV, RUNS_CSV, RECIPE_FILE = "ablation.csv", "ablation_runs.csv", "ablation_recipe.yaml"
-CONFIDENCE = 0.95
 # What "off" means for each strategy family (knobs not listed keep the recipe's value).
 STRATEGIES: dict[str, dict[str, Any]] = {
     "augmentation": {"aug_crop": "none", "aug_hflip": 0.0, "aug_vflip": 0.0,
@@ -67,49 +66,6 @@ def _changes(recipe: Recipe, variant: Recipe) -> str:
     return ", ".join(f"{k}={b[k]}" for k in a if a[k] != b[k])
 
 
-def _train_task(recipe: dict[str, Any], data: Any, cpus: float) -> dict[str, Any]:
-    """One training inside a Ray task: threads from its CPUs, device from its GPUs."""
-    import torch
-
-    from trainables.loop import train
-    from tuner.running.trial import recipe_from_config, trial_device
-
-    torch.set_num_threads(max(1, int(cpus)))
-    device, _ = trial_device()
-    final = train(recipe_from_config(recipe), data, device).final
-    return {"val_acc": final["val_acc"], "test_acc": final.get("test_acc", math.nan),
-            "stop_reason": final.get("stop_reason", ""), "epochs_run": final["epoch"]}
-
-
-def _run_all(jobs: list[tuple[str, int, Recipe]], recipe: Recipe, cpus: float, gpus: float,
-             address: str | None, log: Any) -> pd.DataFrame:
-    """Train every (strategy, seed) job as a Ray task, all submitted at once."""
-    import ray
-
-    from trainables.data import load_recipe_data
-    from tuner.running.runner import ray_session
-
-    data = load_recipe_data(recipe)
-    rows = []
-    with ray_session(address):
-        task = ray.remote(_train_task).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
-        data_ref = ray.put(data)
-        pending = {task.remote(r.to_dict(), data_ref, cpus): (name, seed)
-                   for name, seed, r in jobs}
-        while pending:
-            [ref], _ = ray.wait(list(pending), num_returns=1)
-            name, seed = pending.pop(ref)
-            try:
-                row = {"strategy": name, "seed": seed, **ray.get(ref), "error": ""}
-            except ray.exceptions.RayError as e:
-                row = {"strategy": name, "seed": seed, "val_acc": math.nan,
-                       "test_acc": math.nan, "error": last_line(e)}
-            rows.append(row)
-            log(f"[{len(rows)}/{len(jobs)}] {name} seed {seed}: test_acc "
-                f"{row['test_acc']:.4f}" + (f" (error: {row['error']})" if row["error"] else ""))
-    return pd.DataFrame(rows).sort_values(["strategy", "seed"]).reset_index(drop=True)
-
-
 def summarise(runs: pd.DataFrame, recipe: Recipe, todo: dict[str, Recipe],
               skipped: dict[str, str]) -> pd.DataFrame:
     """Per strategy: mean test accuracy with and without it, and the paired change with its CI."""
@@ -125,12 +81,7 @@ def summarise(runs: pd.DataFrame, recipe: Recipe, todo: dict[str, Recipe],
             continue
         var = runs[runs["strategy"] == name].set_index("seed")["test_acc"]
         deltas = (var - base).dropna().to_numpy()
-        mean = float(deltas.mean()) if len(deltas) else math.nan
-        lo = hi = math.nan
-        if len(deltas) >= 2:
-            sem = float(stats.sem(deltas))
-            lo, hi = (mean, mean) if sem == 0 else stats.t.interval(
-                CONFIDENCE, len(deltas) - 1, loc=mean, scale=sem)
+        mean, lo, hi = t_interval(deltas)
         failed = int(var.isna().sum())
         rows.append({"strategy": name, "changes": _changes(recipe, todo[name]),
                      "seeds": len(deltas), "test_acc": var.mean(), "delta_mean": mean,
@@ -180,7 +131,8 @@ def ablate(recipe: Recipe, *, seeds: int = 3, epochs: int | None = None,
     seed_list = [(recipe.seed + i) % 2**31 for i in range(seeds)]
     jobs = [(name, s, r.replace(seed=s)) for name, r in {"baseline": recipe, **todo}.items()
             for s in seed_list]
-    runs = _run_all(jobs, recipe, cpus_per_trial, gpus_per_trial, address, log)
+    runs = train_all(jobs, label="strategy", metrics=("test_acc", "val_acc"),
+                     cpus=cpus_per_trial, gpus=gpus_per_trial, address=address, log=log)
     table = summarise(runs, recipe, todo, skipped)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / ABLATION_CSV, index=False)

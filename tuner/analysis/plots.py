@@ -280,3 +280,24 @@ def ablation_bars(table: pd.DataFrame) -> Figure:
         ax.set_xlabel("change in test accuracy when the strategy is turned off (95% CI)")
         ax.set_title("Ablation: what each strategy of the recipe is worth")
     return fig
+
+
+def confirm_bars(table: pd.DataFrame) -> Figure:
+    """Each confirmed recipe's mean metric over the seeds with its 95% confidence interval (best
+    by mean on top), and its single-run value as a dot."""
+    t = table.dropna(subset=["mean"]).iloc[::-1]
+    metric = t["metric"].iloc[0] if len(t) else "metric"
+    fig = _figure(8, max(2.2, 0.45 * len(t) + 1.2))
+    with matplotlib.rc_context(_RC):
+        ax = fig.add_subplot()
+        err = np.vstack([t["mean"] - t["ci_low"].fillna(t["mean"]),
+                         t["ci_high"].fillna(t["mean"]) - t["mean"]])
+        labels = [f"#{r} {tid}" for r, tid in zip(t["rank"], t["trial_id"], strict=True)]
+        ax.errorbar(t["mean"], labels, xerr=err, fmt="o", color="tab:blue", capsize=4,
+                    label="mean over seeds (95% CI)")
+        ax.scatter(t["single_run"], labels, marker="x", color="tab:orange", zorder=3,
+                   label="the search's single run")
+        ax.set_xlabel(f"{metric}")
+        ax.set_title("Confirmation over seeds: the best trials retrained")
+        ax.legend(loc="lower left", bbox_to_anchor=(0, 1.08), ncol=2, fontsize=7, frameon=False)
+    return fig

@@ -2,8 +2,9 @@
 
 Reads what ``cnn-tuner run`` wrote (``cnn_tuner_run.json``, ``results.csv``, ``summary.json``,
 ``best_recipe.yaml``, each trial's ``result.json`` with a line per epoch, and ``ablation.csv``
-when ``cnn-tuner ablate`` wrote one there) and writes ``report/index.html`` with every plot
-embedded (opens offline: no CDN, no external file) plus the same plots as PNGs beside it.
+when ``cnn-tuner ablate`` wrote one there, ``confirm.csv`` when ``cnn-tuner confirm`` did)
+and writes ``report/index.html`` with every plot embedded (opens offline: no CDN, no external
+file) plus the same plots as PNGs beside it.
 An experiment on a URI (``s3://...``) is read through pyarrow (its checkpoints are not fetched)
 and the report is written back beside it, or into ``--out``.
 """
@@ -24,7 +25,8 @@ from matplotlib.figure import Figure
 from search_spaces import SearchSpace
 from search_spaces.distributions import LogUniform
 from trainables.errors import ConfigError
-from tuner.analysis import plots
+from tuner.analysis import front_plots, plots
+from tuner.analysis.confirm import confirm_html, load_confirm
 from tuner.analysis.importance import Importance, knob_importance
 from tuner.analysis.live_trials import epoch_records
 from tuner.running import storage
@@ -322,11 +324,23 @@ def figures(exp: Experiment, imp: Importance, ablation: pd.DataFrame | None,
         figs["importance"] = plots.importance_bars(imp.knobs, imp.families)
     if ablation is not None and ablation["delta_mean"].notna().any():
         figs["ablation"] = plots.ablation_bars(ablation)
+    confirmed = load_confirm(exp.path)
+    if confirmed is not None and confirmed["mean"].notna().any():
+        figs["confirm"] = plots.confirm_bars(confirmed)
+    objectives = s.objective_list
+    reference = (exp.summary.get("hypervolume") or {}).get("reference")
+    if objectives:
+        figs["pareto_front"] = front_plots.front_figure(exp.trials, objectives)
+    if objectives and reference:
+        figs["hypervolume"] = front_plots.hypervolume_figure(
+            front_plots.hypervolume_points(exp.trials, events, objectives), objectives,
+            reference, len(exp.trials) * s.max_epochs)
     return figs
 
 
 def render_html(exp: Experiment, imp: Importance, ablation: pd.DataFrame | None,
-                svg: str, pngs: dict[str, bytes], rank: Ranking, space_file: Path) -> str:
+                svg: str, pngs: dict[str, bytes], rank: Ranking, space_file: Path,
+                front_svg: str = "") -> str:
     s, st, best = exp.summary, exp.settings, rank.best
     cost = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
                    for k, v in cost_rows(exp))
@@ -348,12 +362,19 @@ def render_html(exp: Experiment, imp: Importance, ablation: pd.DataFrame | None,
         _trial_table(exp, rank),
         "<h2>Search efficiency</h2>", _img(pngs["efficiency"], "search efficiency"),
     ]
+    if "pareto_front" in pngs:
+        sections += ["<h2>Pareto front</h2>", front_svg]
+        if "hypervolume" in pngs:
+            sections += [_img(pngs["hypervolume"], "hypervolume against trial-epochs")]
     if "parallel_coordinates" in pngs:
         sections += ["<h2>Knobs against the metric</h2>",
                      _img(pngs["parallel_coordinates"], "parallel coordinates")]
     sections += ["<h2>Knob importance</h2>", _importance_html(exp, imp, pngs)]
     if ablation is not None:
         sections += ["<h2>Ablation</h2>", _ablation_html(exp, ablation, pngs)]
+    confirmed = load_confirm(exp.path)
+    if confirmed is not None:
+        sections += ["<h2>Confirmation over seeds</h2>", confirm_html(confirmed, s, pngs, _img)]
     sections += ["<h2>Best recipe</h2>", _best_html(exp, space_file)]
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>cnn-tuner '
             f"report: {html.escape(exp.name)}</title><style>{_CSS}</style></head><body>\n"
@@ -387,6 +408,9 @@ def _write_report(exp: Experiment, out_dir: Path) -> Path:
     rank = rank_trials(exp)
     figs = figures(exp, imp, ablation, rank)
     svg = plots.svg_text(figs["learning_curves"])
+    front_svg = front_plots.with_tooltips(
+        plots.svg_text(figs["pareto_front"]), exp.trials, exp.tuned,
+        exp.settings.objective_list) if "pareto_front" in figs else ""
     pngs = {stem: plots.png_bytes(fig) for stem, fig in figs.items()}
     out_dir.mkdir(parents=True, exist_ok=True)
     for stem, png in pngs.items():
@@ -394,5 +418,5 @@ def _write_report(exp: Experiment, out_dir: Path) -> Path:
     space_file = out_dir / "space.yaml"  # for the rerun command
     exp.space.to_yaml(space_file)
     index = out_dir / "index.html"
-    index.write_text(render_html(exp, imp, ablation, svg, pngs, rank, space_file))
+    index.write_text(render_html(exp, imp, ablation, svg, pngs, rank, space_file, front_svg))
     return index

@@ -69,7 +69,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise e.at(args.recipe or "--set") from None
     out = Path(args.out or f"runs/train-{datetime.now():%Y%m%d-%H%M%S}")
     check_folder_target(out, "out")
-    final = train_to_dir(recipe, out, device=device)
+    final = train_to_dir(recipe, out, device=device, workers=args.workers,
+                         cpus_per_worker=args.cpus_per_worker)
     print(f"wrote {out}/recipe.yaml, metrics.csv, result.json, checkpoint.pt "
           f"(test_acc {final['test_acc']:.4f}, {final['stop_reason']})")
     return 0
@@ -91,6 +92,10 @@ def _print_summary(result) -> None:  # noqa: ANN001
         return
     test = "n/a" if s["best_test_acc"] is None else f"{s['best_test_acc']:.4f}"
     print(f"best trial {s['best_trial']}: val_acc {s['best_val_acc']:.4f}  test_acc {test}")
+    if s.get("confirmed"):
+        from tuner.analysis.confirm import verdict
+
+        print(verdict(s["confirmed"]))
     recipe = _shown_path(f"{result.path}/best_recipe.yaml")
     print(f"best recipe: {recipe}")
     print(f"retrain: cnn-tuner train --recipe {recipe}")
@@ -119,6 +124,7 @@ def _exit_status(result) -> int:  # noqa: ANN001
 def _cmd_run(args: argparse.Namespace) -> int:
     """``run``; with ``--watch``, the live report of the run's folder is served on 127.0.0.1
     while it goes, and stopped after the summary."""
+    _check_confirm_flags(args)
     if args.watch is None:
         return _tune_run(args)
     from tuner.analysis.watch import Watcher
@@ -130,6 +136,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     with Watcher(path, args.watch, param="watch", wait=True) as watcher:
         print(f"live report: {watcher.url} (after the run: cnn-tuner watch {path})", flush=True)
         return _tune_run(args)
+
+
+def _check_confirm_flags(args: argparse.Namespace) -> None:
+    """``--confirm-top`` and ``--confirm-seeds`` go together (or not at all)."""
+    if (args.confirm_top is None) != (args.confirm_seeds is None):
+        given, missing = (("--confirm-top", "--confirm-seeds") if args.confirm_seeds is None
+                          else ("--confirm-seeds", "--confirm-top"))
+        raise ConfigError(f"{given}: needs {missing} too (confirmation retrains the top K "
+                          "trials with S seeds each: give both, or neither)")
 
 
 def _default_name(args: argparse.Namespace) -> str:
@@ -156,7 +171,10 @@ def _tune_run(args: argparse.Namespace) -> int:
             max_epochs=args.max_epochs, max_concurrent=args.max_concurrent, seed=args.seed,
             scheduler_options=SchedulerOptions(grace_period=args.grace_period,
                                                reduction_factor=args.reduction_factor),
-            constraints=tuple(args.constraints or ())),
+            constraints=tuple(args.constraints or ()),
+            objectives=tuple(args.objectives or ()), warm_start=args.warm_start,
+            **({} if args.confirm_top is None else
+               {"confirm_top": args.confirm_top, "confirm_seeds": args.confirm_seeds})),
         resources=Resources(cpus_per_trial=args.cpus_per_trial,
                             gpus_per_trial=args.gpus_per_trial,
                             workers_per_trial=args.workers_per_trial),
@@ -186,6 +204,11 @@ def _cmd_results(args: argparse.Namespace) -> int:
 
     tuned = [c for c in df.columns if c in KNOBS and df[c].nunique(dropna=True) > 1]
     cols = ["trial_id", "status", "epochs_run", metric, "test_acc", *tuned]
+    if args.pareto:  # the front instead, best first by the first objective
+        from tuner.running.front import read_front
+
+        top, objectives = read_front(args.path, summary)
+        cols = ["trial_id", *objectives, "test_acc", "epochs_run", *tuned]
     import pandas as pd
 
     with pd.option_context("display.max_columns", 30, "display.width", 200):
@@ -235,6 +258,24 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_confirm(args: argparse.Namespace) -> int:
+    from tuner.analysis.confirm import confirm, format_table, verdict
+
+    result = confirm(args.path, top=args.top, seeds=args.seeds,
+                     cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                     address=args.address)
+    print(format_table(result.table))
+    if result.confirmed:
+        print(verdict(result.confirmed))
+    print(f"wrote {_shown_path(result.path)}/confirm.csv, confirm_runs.csv, best_recipe.yaml "
+          "(the best by mean) and summary.json")
+    failed = int((result.runs["error"] != "").sum())
+    if failed:
+        print(f"cnn-tuner: {failed} of {len(result.runs)} trainings failed; see the error column "
+              f"of {result.path}/confirm_runs.csv", file=sys.stderr)
+    return EXIT_TRIALS_ERRORED if failed else 0
+
+
 def _cmd_spaces(args: argparse.Namespace) -> int:
     from search_spaces import SearchSpace, list_presets, load_space
 
@@ -266,13 +307,19 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cnn-tuner", description="Tune CNN training recipes with Ray Tune.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train one recipe (no Ray) and write its results")
+    p = sub.add_parser("train", help="train one recipe (no Ray unless --workers) and write its "
+                       "results")
     p.add_argument("--recipe", help="recipe YAML file (default: the built-in defaults)")
     p.add_argument("--set", action="append", metavar="KNOB=VALUE",
                    help="override a knob (repeatable), e.g. --set lr=0.1")
     p.add_argument("--out", help="output folder (default: runs/train-<time>)")
     p.add_argument("--device", default=None,
                    help="cpu | cuda | cuda:N (default: cuda if available)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="train data-parallel over N Ray Train workers (DDP; a local Ray unless "
+                   "one runs; with cuda one GPU per worker; docs/data-parallel.md)")
+    p.add_argument("--cpus-per-worker", type=float, default=1,
+                   help="CPUs each worker reserves and its torch threads (default: 1)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("run", help="tune a search space with Ray Tune (default: digits, quick "
@@ -309,6 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a limit on each trial's cost, repeatable: params, params_trainable, "
                    "flops, latency_ms or train_time_s with <=, <, >= or > and a number (2e5, "
                    "200k, 1.5M); a trial that breaks one ends infeasible (docs/constraints.md)")
+    p.add_argument("--objective", action="append", dest="objectives", metavar="METRIC:MODE",
+                   help="search the trade-off of 2 or 3 objectives, e.g. --objective val_acc:max "
+                   "--objective params:min: searchers random, grid, optuna; schedulers fifo, "
+                   "asha (multi-objective ASHA); writes pareto.csv (docs/multi-objective.md)")
     p.add_argument("--max-failures", type=int, default=2,
                    help="retries per trial (-1: retry forever)")
     p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints")
@@ -323,6 +374,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--watch", type=int, nargs="?", const=DEFAULT_PORT, metavar="PORT",
                    help="serve the report live on 127.0.0.1:PORT while the run goes (no PORT: "
                    f"{DEFAULT_PORT}; 0: any free port; docs/watch.md)")
+    p.add_argument("--confirm-top", type=int, metavar="K",
+                   help="after the search, retrain the best K trials with --confirm-seeds "
+                   "seeds each; the best by mean becomes the best recipe (docs/confirm.md)")
+    p.add_argument("--confirm-seeds", type=int, metavar="S",
+                   help="seeds per recipe for --confirm-top (>= 2; give both or neither)")
+    p.add_argument("--warm-start", metavar="PATH",
+                   help="seed the searcher (tpe, optuna) with the finished trials of an earlier "
+                   "experiment on a compatible space; they are not run again "
+                   "(docs/warm-start.md)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("resume", help="finish an interrupted experiment")
@@ -335,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="the experiment folder")
     p.add_argument("--top", type=int, default=10)
     p.add_argument("--export-best", metavar="FILE", help="write the best recipe as YAML")
+    p.add_argument("--pareto", action="store_true",
+                   help="the Pareto front of a multi-objective run (pareto.csv) instead")
     p.set_defaults(func=_cmd_results)
 
     p = sub.add_parser("report", help="HTML report (plots, knob importance, cost) of an "
@@ -364,6 +426,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-trial", type=float, default=0)
     p.add_argument("--address", help="an existing Ray cluster ('auto' or host:port)")
     p.set_defaults(func=_cmd_ablate)
+
+    p = sub.add_parser("confirm", help="retrain the top K trials of a finished experiment with "
+                       "S seeds each; rank them by mean with a 95%% CI (docs/confirm.md)")
+    p.add_argument("path", help="the experiment folder or URI (STORAGE/NAME)")
+    p.add_argument("--top", type=int, default=4, help="trials to retrain (default: 4)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per trial, >= 2 (default: 3)")
+    p.add_argument("--cpus-per-trial", type=float, default=1)
+    p.add_argument("--gpus-per-trial", type=float, default=0)
+    p.add_argument("--address", help="an existing Ray cluster ('auto' or host:port)")
+    p.set_defaults(func=_cmd_confirm)
 
     p = sub.add_parser("spaces", help="list, show or validate search spaces")
     p.add_argument("action", choices=["list", "show", "validate"])

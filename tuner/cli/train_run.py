@@ -1,4 +1,5 @@
-"""``cnn-tuner train``: one recipe, trained in this process, with its files written to a folder.
+"""``cnn-tuner train``: one recipe, trained in this process (or data-parallel over ``--workers N``
+Ray Train workers), with its files written to a folder.
 
 Writes ``recipe.yaml`` (resolved), ``metrics.csv`` (a row per epoch), ``result.json`` (final
 metrics and stop_reason) and ``checkpoint.pt`` (usable as ``pretrained`` by a later run).
@@ -31,24 +32,38 @@ def format_epoch(m: dict[str, Any], epochs: int) -> str:
 
 
 def train_to_dir(recipe: Recipe, out: Path, device: str | None = None,
-                 quiet: bool = False) -> dict[str, Any]:
+                 quiet: bool = False, workers: int = 1,
+                 cpus_per_worker: float = 1) -> dict[str, Any]:
     """Train, then write the four result files (nothing is written if training cannot start);
-    returns the final metrics."""
+    returns the final metrics. ``workers`` > 1: data-parallel over that many Ray Train workers
+    (tuner.running.dp_train), each reserving ``cpus_per_worker`` CPUs and, on a CUDA
+    ``device``, one GPU."""
     last_state: dict[str, Any] = {}
 
-    def report(metrics: dict[str, Any], state_fn: Any) -> None:
+    def show(metrics: dict[str, Any]) -> None:
         if not quiet:
             print(format_epoch(metrics, recipe.epochs), flush=True)
+
+    def report(metrics: dict[str, Any], state_fn: Any) -> None:
+        show(metrics)
         if "stop_reason" in metrics:
             last_state["state"] = state_fn()
 
-    result = train(recipe, device=device, report=report)
+    if workers != 1:  # data-parallel (dp_train refuses a count below 1)
+        from tuner.running.dp_train import train_data_parallel
+
+        gpus = 1 if device is not None and device.startswith("cuda") else 0
+        history, last_state["state"] = train_data_parallel(
+            recipe, workers, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus,
+            on_epoch=show)
+    else:
+        history = train(recipe, device=device, report=report).history
     out.mkdir(parents=True, exist_ok=True)
     recipe.to_yaml(out / "recipe.yaml")
-    pd.DataFrame(result.history).reindex(columns=[*_COLUMNS, "precision"]).to_csv(
+    pd.DataFrame(history).reindex(columns=[*_COLUMNS, "precision"]).to_csv(
         out / "metrics.csv", index=False)
-    final = {k: v for k, v in result.final.items()}
-    final["epochs_run"] = len(result.history)
+    final = dict(history[-1])
+    final["epochs_run"] = len(history)
     (out / "result.json").write_text(json.dumps(final, indent=2) + "\n")
     save_checkpoint(last_state["state"], out / "checkpoint.pt")
     return final

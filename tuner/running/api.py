@@ -18,6 +18,7 @@ from trainables.errors import ConfigError
 from trainables.models import require_weights
 from trainables.recipe import KNOBS
 from tuner.running.config import Resources, RunConfig, TuneConfig, with_shortcuts
+from tuner.running.confirm import confirm_run
 from tuner.running.loopback import prefer_loopback
 from tuner.running.results import TuneResult, collect_results
 from tuner.running.settings import DEFAULT_NUM_SAMPLES, RunSettings, possible_values
@@ -121,8 +122,11 @@ def tune(space: SearchSpace | dict | str | Path = "quick", *, num_samples: int |
         seed=config.seed, max_failures=run.max_failures,
         checkpoint_every=run.checkpoint_every, shared_storage=run.shared_storage,
         scheduler_options=asdict(config.scheduler_options), constraints=config.constraints,
+        objectives=config.objectives, confirm_top=config.confirm_top,
+        confirm_seeds=config.confirm_seeds, warm_start=_absolute(config.warm_start),
         mlflow=trackers.mlflow_uri(run.mlflow), wandb=run.wandb)
     settings.validate(space_obj)
+    warm = _warm_start(settings, space_obj)
     require_weights(possible_values(space_obj, "model"), possible_values(space_obj, "pretrained"),
                     download=all(possible_values(space_obj, "download")))
     _check_gpus(resources.gpus_per_trial, run.address)
@@ -135,10 +139,33 @@ def tune(space: SearchSpace | dict | str | Path = "quick", *, num_samples: int |
     start = time.time()
     result_grid, path = run_experiment(settings, space_obj, storage=root, name=name,
                                        address=run.address, resume=run.resume,
-                                       verbose=run.verbose)
+                                       verbose=run.verbose, warm_start=warm)
     result = collect_results(result_grid, settings, path, wall_time_s=time.time() - start)
+    result = confirm_run(result, settings, run.address, run.verbose)  # when confirm_top is set
     trackers.log_results(settings, result)
     return result
+
+
+def _absolute(path: str | Path | None) -> str | None:
+    """A local path made absolute (the run's settings keep it), a URI as given."""
+    if path is None or is_uri(str(path)):
+        return None if path is None else str(path)
+    return str(Path(path).expanduser().resolve())
+
+
+def _warm_start(settings: RunSettings, space: SearchSpace) -> Any:
+    """The earlier experiment's trials that seed the searcher (tuner.running.warm_start), read
+    and checked against the space before Ray starts; None without warm_start."""
+    if settings.warm_start is None:
+        return None
+    from tuner.running.searchers import check_warm_start_searcher
+    from tuner.running.warm_start import load_warm_start
+
+    check_warm_start_searcher(settings.searcher)
+    if settings.objectives:
+        raise ConfigError("warm_start: a multi-objective run cannot be warm-started (the "
+                          "earlier trials carry one reward each)")
+    return load_warm_start(settings.warm_start, space, settings.metric, settings.mode)
 
 
 def default_name(space: SearchSpace, config: TuneConfig) -> str:
@@ -172,5 +199,6 @@ def resume(path: str | Path, *, address: str | None = None, verbose: int = 1) ->
     start = time.time()
     result_grid, settings, exp_path = restore_experiment(path, address=address, verbose=verbose)
     result = collect_results(result_grid, settings, exp_path, wall_time_s=time.time() - start)
+    result = confirm_run(result, settings, address, verbose)  # as the run's settings say
     trackers.log_results(settings, result)
     return result

@@ -28,7 +28,13 @@ class TuneConfig:
     ``mode`` they optimise, at most ``max_concurrent`` trials at once (None: as many as the
     resources allow), the searcher's ``seed``, the scheduler's options, and ``constraints`` on
     each trial's cost such as ``("params<=200k", "latency_ms<5")`` (docs/constraints.md): a
-    trial that breaks one ends ``infeasible`` and never counts as best."""
+    trial that breaks one ends ``infeasible`` and never counts as best; ``objectives`` such as
+    ``("val_acc:max", "params:min")`` (2 or 3) make the run multi-objective: it searches the
+    trade-off and writes the Pareto front (docs/multi-objective.md), ranking by the first.
+    ``confirm_top`` (None: off) retrains the best K trials after the search with
+    ``confirm_seeds`` new seeds each and makes the best by mean the best recipe
+    (docs/confirm.md). ``warm_start``: the folder (or URI) of a finished experiment whose trials
+    seed the searcher, already evaluated (tpe and optuna; docs/warm-start.md)."""
 
     searcher: str = "tpe"
     scheduler: str = "asha"
@@ -40,6 +46,10 @@ class TuneConfig:
     seed: int = 0
     scheduler_options: SchedulerOptions = field(default_factory=SchedulerOptions)
     constraints: tuple[str, ...] = ()
+    objectives: tuple[str, ...] = ()
+    confirm_top: int | None = None
+    confirm_seeds: int = 3
+    warm_start: str | Path | None = None
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ values from the trial's user attributes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import optuna
@@ -38,12 +39,26 @@ class UserAttrConstraints:
 
 
 class ConstrainedOptunaSearch(OptunaSearch):
-    """OptunaSearch that sets the constraint values of a completed trial before telling it."""
+    """OptunaSearch that sets the constraint values of a completed trial before telling it, and
+    starts its study with ``evaluated`` trials: (params, distributions, value) of an earlier
+    experiment (warm start: ``tuner.running.warm_start``), added as complete. Ray's
+    ``evaluated_rewards`` refuses a define-by-run space, so they go in with
+    ``optuna.trial.create_trial`` + ``Study.add_trial``, once: on resume the study comes back
+    from Ray's searcher checkpoint with them."""
 
     def __init__(self, *args: Any, constraints: tuple[Constraint, ...] = (),
-                 **kwargs: Any) -> None:
+                 evaluated: Sequence[tuple[dict, dict, float]] = (), **kwargs: Any) -> None:
+        self._evaluated = list(evaluated)  # read by _setup_study, which __init__ calls
         super().__init__(*args, **kwargs)
         self._constraints = tuple(constraints)
+
+    def _setup_study(self, mode: Any) -> None:
+        super()._setup_study(mode)
+        for params, distributions, value in self._evaluated:
+            self._ot_study.add_trial(optuna.trial.create_trial(
+                state=optuna.trial.TrialState.COMPLETE, value=value, params=params,
+                distributions=distributions))
+        self._evaluated = []  # in the study now (and in its checkpoint)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:

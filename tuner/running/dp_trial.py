@@ -4,9 +4,11 @@ The Ray Train V2 pattern inside Ray Tune: the trial's Tune function (``run_dp_tr
 ``TorchTrainer`` and calls ``fit()``; Ray Train starts N workers, initialises their
 torch.distributed group (gloo on CPU, nccl on CUDA), and each worker runs the same pure
 ``train(...)`` loop as one rank (trainables.distributed: the global batch split over ranks,
-sharded data, metrics over the whole split). Workers report with ``ray.train.report`` (a
-different function from ``tune.report``, which stays in tuner.running.trial); Ray's
-``TuneReportCallback`` forwards rank 0's rows to Tune.
+sharded data, metrics over the whole split). Workers report with ``ray.train.report``; a
+callback of the controller (``_forward_reports``) hands rank 0's row and checkpoint of every
+epoch to the Tune function, which reports them to Tune (``forward_report`` in
+tuner.running.trial, where ``tune.report`` stays): the trial keeps Tune checkpoints, so PBT
+clones it and HyperBand pauses and resumes it, its group starting from ``tune.get_checkpoint()``.
 
 Resources are PER WORKER: each worker reserves ``cpus_per_trial`` CPUs and ``gpus_per_trial``
 GPUs, so a trial holds N times that. The Tune function itself only waits on ``fit()`` and
@@ -23,7 +25,10 @@ import logging
 import math
 import os
 import tempfile
+import threading
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +44,10 @@ from trainables.models import check_runnable
 from tuner.running.trial import (
     CHECKPOINT_FILE,
     TrialOptions,
+    forward_report,
+    infeasible_values,
     node_name,
     recipe_from_config,
-    worst_value,
 )
 
 # trial id -> the TrainController of its running fit(), in this (the trial's Tune actor) process
@@ -109,8 +115,12 @@ def abort_fit(trial_id: str, timeout_s: float = 60) -> None:
 
 def _torch_trainer_cls() -> type:
     from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks.placement_group_callback import (
+        PlacementGroupCleanerCallback,
+    )
     from ray.train.v2._internal.constants import (
         DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE,
+        ENABLE_PREEMPTION_WATCHER_ENV_VAR,
         RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR,
         get_env_vars_to_propagate,
     )
@@ -123,10 +133,20 @@ def _torch_trainer_cls() -> type:
 
         trial_id = ""
 
+        def _create_default_callbacks(self) -> list:
+            # Ray Train's PlacementGroupCleaner asks the state API (the dashboard), and with none
+            # or two Rays on the machine it prints a traceback per fit; AbortOnStop and
+            # _free_leaked_group free the group instead
+            return [c for c in super()._create_default_callbacks()
+                    if not isinstance(c, PlacementGroupCleanerCallback)]
+
         def _initialize_and_run_controller(self, **controller_init_kwargs: Any) -> Any:
             env_vars = get_env_vars_to_propagate()
             env_vars.setdefault(RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR,
                                 DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE)
+            # no preemption watcher (an actor per fit, and an error line on the console at
+            # every start): a preempted node is a failed worker, resumed from the checkpoint
+            env_vars.setdefault(ENABLE_PREEMPTION_WATCHER_ENV_VAR, "0")
             node = {ray._raylet.RAY_NODE_ID_KEY: ray.get_runtime_context().get_node_id()}
             cls = ray.remote(num_cpus=0, label_selector=node,
                              runtime_env={"env_vars": env_vars})(TrainController)
@@ -147,33 +167,97 @@ def run_dp_trial(config: dict[str, Any], data_ref: list | None = None,
                  max_failures: int = 2) -> None:
     """Ray Tune function trainable of a data-parallel trial: fit a TorchTrainer of ``workers``.
     ``data_ref`` holds the dataset's ObjectRef (in a list, so Tune passes the reference, not the
-    data, and each worker fetches it from the object store)."""
-    import ray.train
-    from ray.train import FailureConfig, ScalingConfig
-    from ray.tune.integration.ray_train import TuneReportCallback
+    data, and each worker fetches it from the object store).
 
+    The group starts from the trial's Tune checkpoint (``tune.get_checkpoint()``: its own after
+    a pause or a retry, another trial's after a PBT exploit), and rank 0's row of every epoch,
+    with rank 0's checkpoint, becomes the trial's Tune result and Tune checkpoint
+    (``forward_report``), so PBT and HyperBand pause, resume and clone it like any trial."""
     context = tune.get_context()
+    trial_id = context.get_trial_id()
     loop_config = {"config": config, "data_ref": data_ref, "options": options or TrialOptions(),
-                   "trial_id": context.get_trial_id(), "cpus": cpus_per_worker,
-                   "use_gpu": gpus_per_worker > 0}
+                   "trial_id": trial_id, "cpus": cpus_per_worker,
+                   "use_gpu": gpus_per_worker > 0, "checkpoint": tune.get_checkpoint()}
+    _free_leaked_group(trial_id)
+    # one line per checkpoint from Ray's storage logger, as in run_trial
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    for row, checkpoint in fit_group(loop_config, workers, cpus_per_worker, gpus_per_worker,
+                                     max_failures=max_failures,
+                                     storage_path=context.get_trial_dir(), key=trial_id):
+        forward_report(row, checkpoint)
+
+
+def fit_group(loop_config: dict[str, Any], workers: int, cpus_per_worker: float,
+              gpus_per_worker: float, *, max_failures: int, storage_path: str,
+              key: str) -> Iterator[tuple[dict[str, Any], Any]]:
+    """Fit a TorchTrainer of ``workers`` ranks of ``_worker_loop`` and yield, per epoch, rank
+    0's row (with every rank's node id and pid) and the checkpoint reported with it (None when
+    none was). ``key`` names the fit in ``_CONTROLLERS`` (the trial id) for ``abort_fit``.
+
+    ``fit()`` runs in a thread; ``ForwardReports`` (a Ray Train callback, run by the controller)
+    hands each epoch through a Ray queue of one item, so training waits for a slow consumer.
+    Each fit gets a Ray Train run folder of its own: Ray Train resumes a run whose folder holds
+    a snapshot, and a PBT clone must start from the checkpoint it was given, not its own."""
+    import ray.train
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, ScalingConfig
+    from ray.util.queue import Queue
+
+    queue = Queue(maxsize=1, actor_options={"num_cpus": 0})
     resources = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}
     trainer = _torch_trainer_cls()(
         _worker_loop, train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0,
                                      resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name="ray_train", storage_path=context.get_trial_dir(),
+            name=f"ray_train_{time.strftime('%Y%m%d-%H%M%S')}_{uuid.uuid4().hex[:6]}",
+            storage_path=storage_path,
             failure_config=FailureConfig(max_failures=max_failures),
-            callbacks=[TuneReportCallback()]))
-    trainer.trial_id = trial_id = context.get_trial_id()
-    _free_leaked_group(trial_id)
+            # 3: the consumer copies checkpoint N while N+1 waits in the queue; Ray Train
+            # deletes N only after it registered N+3, by when the copy is done
+            checkpoint_config=CheckpointConfig(num_to_keep=3),
+            callbacks=[_forward_reports(queue)],
+            # the group's start, checkpoint and report lines tell a CLI user nothing
+            logging_config=LoggingConfig(log_level="WARNING")))
+    trainer.trial_id = key
+    outcome: dict[str, BaseException] = {}
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as e:  # noqa: BLE001 - raised again in the consumer's thread
+            outcome["error"] = e
+        finally:  # the queue is gone when Tune stopped the trial: nobody waits any more
+            with contextlib.suppress(Exception):
+                queue.put(_DONE)
+
+    thread = threading.Thread(target=fit, name=f"fit-{key}", daemon=True)
+    thread.start()
     try:
-        trainer.fit()
-    except Exception:
-        if trial_id not in _ABORTED:  # a stopped trial's fit() ends in an error: expected
-            raise
+        while (item := queue.get()) != _DONE:
+            yield item
+        thread.join()
+        if "error" in outcome and key not in _ABORTED:  # a stopped trial's fit() errs: expected
+            raise outcome["error"]
     finally:
-        _ABORTED.discard(trial_id)
+        _ABORTED.discard(key)
+
+
+_DONE = "cnn-tuner/fit-done"
+
+
+def _forward_reports(queue: Any) -> Any:
+    """A Ray Train callback that puts (rank 0's row, checkpoint) of every epoch on ``queue``."""
+    from ray.train.v2.api.callback import UserCallback
+
+    class ForwardReports(UserCallback):
+        def after_report(self, run_context: Any, metrics: list[dict[str, Any]],
+                         checkpoint: Any) -> None:
+            row = {**metrics[0],
+                   "worker_node_ids": ",".join(str(m.get("node_id")) for m in metrics),
+                   "worker_pids": ",".join(str(m.get("worker_pid")) for m in metrics)}
+            queue.put((row, checkpoint))
+
+    return ForwardReports()
 
 
 def _pg_key(trial_id: str) -> bytes:
@@ -204,6 +288,10 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
     recipe = recipe_from_config(cfg["config"])
     check_runnable(recipe.model, recipe.pretrained, download=recipe.download, node=node_name())
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    # "Reporting training result N: TrainingReport(...)" per rank and epoch: a logger named by
+    # its file's path, so LoggingConfig's level (ray.train.*) does not reach it
+    from ray.train.v2._internal.execution import context as train_context
+    train_context.logger.setLevel(logging.WARNING)
     torch.set_num_threads(max(1, math.floor(cfg["cpus"])))
     device = ray.train.torch.get_device() if cfg["use_gpu"] else torch.device("cpu")
     gpu_ids = ",".join(str(g) for g in ray.get_gpu_ids())
@@ -216,7 +304,8 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
         from ray.experimental.internal_kv import _internal_kv_put
         _internal_kv_put(_pg_key(trial_id), group.id.hex().encode(), overwrite=True)
     resume = None
-    checkpoint = ray.train.get_checkpoint()
+    # Ray Train's latest after a worker died in this fit, else the one the fit started from
+    checkpoint = ray.train.get_checkpoint() or cfg.get("checkpoint")
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             resume = load_checkpoint(Path(d) / CHECKPOINT_FILE)
@@ -231,8 +320,7 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
                    "node_id": node_id, "resumed_from": resumed_from,
                    "resumed_from_trial": resumed_from_trial}
         if metrics.get("stop_reason") == INFEASIBLE:
-            ray.train.report({**metrics, options.metric: worst_value(options.metric,
-                                                                     options.mode)})
+            ray.train.report({**metrics, **infeasible_values(options, metrics)})
             return
         due = metrics["epoch"] % options.checkpoint_every == 0 and (
             time.monotonic() - last["at"] >= last["cost"] / options.checkpoint_budget)
@@ -242,8 +330,9 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as d:
             start = time.monotonic()
             save_checkpoint({**state_fn(), "trial_id": trial_id}, Path(d) / CHECKPOINT_FILE)
+            cost = time.monotonic() - start  # the save: report() also waits for the consumer
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-            last.update(at=time.monotonic(), cost=time.monotonic() - start)
+            last.update(at=time.monotonic(), cost=cost)
 
     train(recipe, data, device, report, resume=resume,
           constraints=parse_constraints(options.constraints))

@@ -87,14 +87,19 @@ def trial_rows(result_grid: Any, scheduler: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def pick_best(df: pd.DataFrame, metric: str, mode: str) -> pd.Series | None:
-    """The best trial among those that ended on their own (completed or their own early
-    stopping), so `cnn-tuner train` with its recipe reproduces it; else among all that ran.
-    Never an errored or infeasible trial."""
+def candidates(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The trials that may be the best: those that ended on their own (completed or their own
+    early stopping), so `cnn-tuner train` with their recipe reproduces them; else all that ran.
+    Never an errored or infeasible trial, nor one without ``metric``."""
     ran = df[~df["status"].isin(["errored", INFEASIBLE])].dropna(subset=[metric]) \
         if len(df) else df
     finished = ran[ran["stop_reason"].isin(["completed", "early_stopped"])]
-    pool = finished if len(finished) else ran
+    return finished if len(finished) else ran
+
+
+def pick_best(df: pd.DataFrame, metric: str, mode: str) -> pd.Series | None:
+    """The best of the ``candidates`` by ``metric`` and ``mode``; None when there are none."""
+    pool = candidates(df, metric)
     if not len(pool):
         return None
     idx = pool[metric].idxmax() if mode == "max" else pool[metric].idxmin()
@@ -106,12 +111,25 @@ def collect_results(result_grid: Any, settings: RunSettings, path: str,
     """Build the trial table, pick the best, write results.csv / best_recipe.yaml /
     summary.json into the experiment folder."""
     df = trial_rows(result_grid, settings.scheduler)
-    best = pick_best(df, settings.metric, settings.mode)
+    configs = {r.path: r.config for r in result_grid}
+
+    def recipe_of(row: pd.Series) -> Recipe:
+        return Recipe.from_dict({k: v for k, v in configs[row["path"]].items()
+                                 if k in KNOBS and v is not None})
+
+    objectives = settings.objective_list
+    multi: dict[str, Any] = {}
+    if objectives:  # the best is the front's best by the first objective
+        from tuner.running.front import front, write_front
+
+        multi = write_front(df, objectives, path, recipe_of)
+        on_front = front(df, objectives)
+        best = pick_best(on_front if len(on_front) else df, settings.metric, settings.mode)
+    else:
+        best = pick_best(df, settings.metric, settings.mode)
     best_recipe, best_metrics = None, {}
     if best is not None:
-        config = next(r.config for r in result_grid if r.path == best["path"])
-        best_recipe = Recipe.from_dict({k: v for k, v in config.items()
-                                        if k in KNOBS and v is not None})
+        best_recipe = recipe_of(best)
         best_metrics = {k: _plain(best[k]) for k in ("trial_id", *METRIC_COLUMNS, "epochs_run",
                                                     "stop_reason")}
     counts = df["status"].value_counts().to_dict() if len(df) else {}
@@ -128,6 +146,7 @@ def collect_results(result_grid: Any, settings: RunSettings, path: str,
         "num_samples": settings.num_samples, "max_epochs": settings.max_epochs,
         "metric": settings.metric, "mode": settings.mode,
         "constraints": list(settings.constraints),
+        **multi,
         "best_recipe": best_recipe.to_dict() if best_recipe else None,
     }
     table = df.drop(columns=["path"]).to_csv(index=False)

@@ -151,7 +151,7 @@ def build_trainable(settings: RunSettings, data: DataSplits) -> Any:
     options = TrialOptions(checkpoint_every=settings.checkpoint_every,
                            checkpoint_budget=1.0 if settings.scheduler in PAUSING else 0.05,
                            constraints=settings.constraints, metric=settings.metric,
-                           mode=settings.mode)
+                           mode=settings.mode, objectives=settings.objectives)
     if settings.workers_per_trial > 1:  # data-parallel: Ray Train workers reserve their own
         trainable = tune.with_parameters(
             run_dp_trial, data_ref=[ray.put(data)], options=options,
@@ -206,25 +206,41 @@ def _run_config(settings: RunSettings, space: SearchSpace, storage: str, name: s
 def _scheduler(settings: RunSettings, space: SearchSpace) -> Any:
     return build_scheduler(settings.scheduler, settings.max_epochs,
                            SchedulerOptions(**settings.scheduler_options), space,
-                           num_trials=expected_trials(settings, space))
+                           num_trials=expected_trials(settings, space),
+                           objectives=settings.objective_list)
 
 
-def _search_plan(settings: RunSettings, space: SearchSpace, max_concurrent: int) -> Any:
+def _metric_mode(settings: RunSettings) -> tuple[Any, Any]:
+    """What the searcher optimises: the metric and mode, or their lists for several
+    objectives."""
+    objectives = settings.objective_list
+    if objectives:
+        return [o.metric for o in objectives], [o.mode for o in objectives]
+    return settings.metric, settings.mode
+
+
+def _search_plan(settings: RunSettings, space: SearchSpace, max_concurrent: int,
+                 warm_start: Any = None) -> Any:
+    metric, mode = _metric_mode(settings)
     return build_search(settings.searcher, space, seed=settings.seed,
-                        num_samples=settings.num_samples, metric=settings.metric,
-                        mode=settings.mode, max_concurrent=max_concurrent,
-                        constraints=settings.constraints)
+                        num_samples=settings.num_samples, metric=metric,
+                        mode=mode, max_concurrent=max_concurrent,
+                        constraints=settings.constraints, warm_start=warm_start)
 
 
 def run_experiment(settings: RunSettings, space: SearchSpace, *, storage: str, name: str,
-                   address: str | None, resume: bool, verbose: int) -> tuple[Any, str]:
-    """Fit a new experiment (or resume it when ``resume`` and it exists)."""
+                   address: str | None, resume: bool, verbose: int,
+                   warm_start: Any = None) -> tuple[Any, str]:
+    """Fit a new experiment (or resume it when ``resume`` and it exists). ``warm_start``
+    (tuner.running.warm_start) seeds a new experiment's searcher; a resumed one gets its
+    searcher back from Ray's checkpoint, warm trials included, so it is not applied again."""
     path = f"{storage.rstrip('/')}/{name}"
     exists = Tuner.can_restore(path)
     if exists and not resume:
         raise ConfigError(f"experiment {path} already exists; finish it with `cnn-tuner resume "
                           f"{path}` (or pass --resume), or choose another --name")
-    plan = _search_plan(settings, space, settings.max_concurrent or 0)  # validates before Ray
+    plan = _search_plan(settings, space, settings.max_concurrent or 0,  # validates before Ray
+                        warm_start)
     scheduler = _scheduler(settings, space)
     open_trials, why = min_open_trials(scheduler, expected_trials(settings, space))
     if settings.max_concurrent and settings.max_concurrent < open_trials:
@@ -239,15 +255,21 @@ def run_experiment(settings: RunSettings, space: SearchSpace, *, storage: str, n
         if settings.workers_per_trial > 1:
             check_dp_fits(settings.workers_per_trial, settings.cpus_per_trial,
                           settings.gpus_per_trial, ray.cluster_resources())
+            if hasattr(scheduler, "max_running"):  # PBT: take turns as the groups fit
+                scheduler.max_running = trial_slots(settings)
         if exists:
             return _restore(path, settings, space, data, verbose), path
         if not settings.max_concurrent:  # default: as many trials as the cluster holds
-            plan = _search_plan(settings, space, max(trial_slots(settings), open_trials))
+            plan = _search_plan(settings, space, max(trial_slots(settings), open_trials),
+                                warm_start)
         settings.save(path)
         tuner = Tuner(
             build_trainable(settings, data), param_space=plan.param_space,
             tune_config=TuneConfig(
-                metric=settings.metric, mode=settings.mode, search_alg=plan.search_alg,
+                # several objectives: the searcher and scheduler hold them, Tune ranks nothing
+                metric=None if settings.objectives else settings.metric,
+                mode=None if settings.objectives else settings.mode,
+                search_alg=plan.search_alg,
                 scheduler=scheduler, num_samples=settings.num_samples,
                 max_concurrent_trials=plan.max_concurrent_trials,
                 # a data-parallel trial's actor owns its Ray Train group: end it with the trial

@@ -1,4 +1,5 @@
-"""Trial schedulers by name: fifo, asha (default), hyperband, median, pbt.
+"""Trial schedulers by name: fifo, asha (default), hyperband, median, pbt; with several
+objectives, fifo and asha (the multi-objective ASHA of tuner.running.mo_asha).
 
 All count time in epochs (``training_iteration`` = one reported epoch), so ``max_t`` is the
 recipe's epoch budget and ``grace_period`` is the fewest epochs a trial gets before it may be
@@ -13,9 +14,9 @@ population as a trial that trained one epoch to the worst score, lowering every 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray.tune.schedulers import (
     AsyncHyperBandScheduler,
@@ -29,6 +30,9 @@ from search_spaces import ClipToSpace, SearchSpace, pbt_mutations
 from trainables.constraints import INFEASIBLE
 from trainables.errors import ConfigError
 from tuner.running.hyperband import FilledHyperBand
+
+if TYPE_CHECKING:
+    from tuner.running.pareto import Objective
 
 TIME_ATTR = "training_iteration"
 
@@ -129,7 +133,15 @@ class LastEpochKeptPBT(SkipsInfeasible, PopulationBasedTraining):
     with nothing left to train and ends as a copy of it, its own result gone (measured: with
     ``--max-epochs 4`` and the default interval of 4, three of six trials ended with another
     trial's metrics and trial id in results.csv). Nothing is gained by exploiting then.
+
+    ``max_running`` (set for data-parallel trials): how many trials train at once. Ray's PBT
+    pauses a trial at a perturbation step while others are PENDING, so the population takes
+    turns; a data-parallel trial's Tune actor reserves no CPU, so every open trial is RUNNING,
+    most of them waiting for their worker group, and none would pause: it pauses too while more
+    trials run than ``max_running``.
     """
+
+    max_running: int | None = None
 
     def __init__(self, *args: Any, max_t: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -138,7 +150,13 @@ class LastEpochKeptPBT(SkipsInfeasible, PopulationBasedTraining):
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         if result.get(self._time_attr, 0) >= self._max_t:
             return TrialScheduler.CONTINUE  # the trial ends by itself with this result
-        return super().on_trial_result(tune_controller, trial, result)
+        decision = super().on_trial_result(tune_controller, trial, result)
+        perturbed = self._trial_state[trial].last_perturbation_time == result.get(
+            self._time_attr)
+        if decision == TrialScheduler.CONTINUE and perturbed and self.max_running and sum(
+                t.status == "RUNNING" for t in tune_controller.get_trials()) > self.max_running:
+            return TrialScheduler.PAUSE
+        return decision
 
 
 def _pbt(max_epochs: int, opts: SchedulerOptions, space: SearchSpace,
@@ -182,15 +200,39 @@ def check_pairing(searcher: str, scheduler: str) -> None:
 PAUSING = frozenset({"hyperband", "pbt"})
 
 
+# Schedulers that work with several objectives (``RunSettings.objectives``): FIFO stops nothing,
+# and asha becomes the multi-objective ASHA (tuner.running.mo_asha); the others rank trials by one
+# number. The contract suite runs each of these with objectives and refuses the rest.
+MULTI_OBJECTIVE = frozenset({"fifo", "asha"})
+
+
+def check_multi_objective_scheduler(name: str) -> None:
+    """Refuse, in one line, a scheduler that cannot weigh several objectives."""
+    if name in SCHEDULERS and name not in MULTI_OBJECTIVE:
+        raise ConfigError(f"scheduler: {name!r} ranks trials by one metric, so it cannot work "
+                          f"with several objectives; use {' or '.join(sorted(MULTI_OBJECTIVE))} "
+                          "(asha: multi-objective ASHA)")
+
+
 def build_scheduler(name: str, max_epochs: int, options: SchedulerOptions | None = None,
-                    space: SearchSpace | None = None, num_trials: int = 0) -> TrialScheduler:
+                    space: SearchSpace | None = None, num_trials: int = 0,
+                    objectives: Sequence[Objective] = ()) -> TrialScheduler:
     """The scheduler called ``name``; unknown names list the valid ones. ``num_trials``: how
-    many trials the run will have (HyperBand halves an unfilled last bracket once all came)."""
+    many trials the run will have (HyperBand halves an unfilled last bracket once all came).
+    With ``objectives``, asha is the multi-objective ASHA (tuner.running.mo_asha)."""
     if name not in SCHEDULERS:
         raise ConfigError(f"scheduler: unknown scheduler {name!r}; valid: "
                           f"{', '.join(SCHEDULERS)}")
     opts = options or SchedulerOptions()
     opts.check(max_epochs)
+    if objectives:
+        check_multi_objective_scheduler(name)
+        if name == "asha":
+            from tuner.running.mo_asha import MultiObjectiveASHA
+
+            return MultiObjectiveASHA(objectives=objectives, time_attr=TIME_ATTR,
+                                      max_t=max_epochs, grace_period=opts.grace(max_epochs),
+                                      reduction_factor=opts.reduction_factor)
     return SCHEDULERS[name](max_epochs, opts, space or SearchSpace.from_dict({}), num_trials)
 
 

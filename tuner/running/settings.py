@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from search_spaces import SearchSpace
 from trainables.constraints import parse_constraints
 from trainables.errors import ConfigError
 from trainables.recipe import DATA_KNOBS, KNOBS, Recipe
 from tuner.running import storage
-from tuner.running.schedulers import PAUSING, check_pairing
+from tuner.running.schedulers import PAUSING, check_multi_objective_scheduler, check_pairing
+from tuner.running.searchers import check_multi_objective_searcher
+
+if TYPE_CHECKING:
+    from tuner.running.pareto import Objective
 
 SETTINGS_FILE = "cnn_tuner_run.json"
 DEFAULT_NUM_SAMPLES = 16
@@ -44,17 +48,26 @@ class RunSettings:
     mlflow: str | None = None  # MLflow tracking URI, None: off (tuner.running.trackers)
     wandb: bool = False  # Weights & Biases through Ray's callback (tuner.running.trackers)
     constraints: tuple[str, ...] = ()  # on each trial's cost (trainables.constraints)
+    confirm_top: int | None = None  # retrain the top K over seeds after the search (confirm)
+    confirm_seeds: int = 3
+    objectives: tuple[str, ...] = ()  # 2-3 'metric:mode' texts: a multi-objective run (pareto)
+    warm_start: str | None = None  # an earlier experiment seeding the searcher (warm_start)
 
     def __post_init__(self) -> None:
         # one string is one constraint; JSON gives back a list
         self.constraints = ((self.constraints,) if isinstance(self.constraints, str)
                             else tuple(self.constraints or ()))
+        self.objectives = ((self.objectives,) if isinstance(self.objectives, str)
+                           else tuple(self.objectives or ()))
 
     def validate(self, space: SearchSpace) -> None:
         """Refuse settings no run can use, in one line, before Ray starts (resources, counts,
         pairings, fp16, constraints). Messages name the Python parameter; the CLI shows its flag
         instead."""
         parse_constraints(self.constraints)
+        if self.confirm_top is not None:
+            check_confirm(self.confirm_top, self.confirm_seeds, "confirm_top", "confirm_seeds")
+        self._check_objectives()
         check_resources(self.cpus_per_trial, self.gpus_per_trial)
         self._check_workers(space)
         if self.num_samples < 1:
@@ -80,6 +93,30 @@ class RunSettings:
             raise ConfigError("knob 'precision': the space allows fp16, which needs a CUDA "
                               "device, but gpus_per_trial is 0")
 
+    def _check_objectives(self) -> None:
+        """A multi-objective run: 2-3 objectives, a searcher and scheduler that handle several
+        (tuner.running.searchers / schedulers ``MULTI_OBJECTIVE``), and ``metric``/``mode``
+        naming the first objective (what the live view, the report and best_recipe.yaml rank
+        by)."""
+        if not self.objectives:
+            return
+        objectives = self.objective_list
+        check_multi_objective_searcher(self.searcher)
+        check_multi_objective_scheduler(self.scheduler)
+        first = objectives[0]
+        if (self.metric, self.mode) not in (("val_acc", "max"), (first.metric, first.mode)):
+            raise ConfigError(f"metric: with objectives the first objective ({first.text}) is "
+                              f"the metric; leave metric/mode unset, got {self.metric}:"
+                              f"{self.mode}")
+        self.metric, self.mode = first.metric, first.mode
+
+    @property
+    def objective_list(self) -> tuple[Objective, ...]:
+        """The run's objectives, parsed (empty: a single-objective run)."""
+        from tuner.running.pareto import parse_objectives  # numpy only
+
+        return parse_objectives(self.objectives) if self.objectives else ()
+
     def _check_workers(self, space: SearchSpace) -> None:
         """Data-parallel trials (workers_per_trial > 1): what they cannot do, refused up front."""
         n = self.workers_per_trial
@@ -91,10 +128,6 @@ class RunSettings:
                               "set workers_per_trial to the number of GPUs (one worker each)")
         if n == 1:
             return
-        if self.scheduler in PAUSING:
-            raise ConfigError(f"workers_per_trial: scheduler {self.scheduler!r} pauses and "
-                              "clones trials through Tune checkpoints, which data-parallel "
-                              f"trials do not keep; use another scheduler or 1 worker, got {n}")
         if self.gpus_per_trial == 0 and True in possible_values(space, "sync_bn"):
             raise ConfigError("knob 'sync_bn': the space allows sync_bn true, which needs CUDA "
                               f"workers (SyncBatchNorm has no CPU kernel), but gpus_per_trial "
@@ -131,6 +164,17 @@ def possible_values(space: SearchSpace, knob: str) -> set[Any]:
         return {KNOBS[knob].default}
     return set(getattr(dist, "values", ())) | {KNOBS[knob].default} if dist.parent else \
         set(getattr(dist, "values", ()))
+
+
+def check_confirm(top: int, seeds: int, top_name: str = "top",
+                  seeds_name: str = "seeds") -> None:
+    """Confirmation over seeds (tuner.running.confirm): at least one recipe, and at least two
+    seeds each (a confidence interval needs two runs). The names are the caller's parameters."""
+    for name, value, low, why in ((top_name, top, 1, "the best trials to retrain"),
+                                  (seeds_name, seeds, 2, "a confidence interval needs at least "
+                                   "two runs per recipe")):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ConfigError(f"{name}: must be a whole number >= {low} ({why}), got {value!r}")
 
 
 def check_resources(cpus_per_trial: float, gpus_per_trial: float) -> None:

@@ -29,6 +29,7 @@ from ray import tune
 
 from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.constraints import INFEASIBLE, parse_constraints
+from trainables.cost import COST_KEYS
 from trainables.data import DataSplits
 from trainables.loop import train
 from trainables.models import check_runnable
@@ -57,6 +58,7 @@ class TrialOptions:
     constraints: tuple[str, ...] = ()
     metric: str = "val_acc"
     mode: str = "max"
+    objectives: tuple[str, ...] = ()  # 'metric:mode' texts of a multi-objective run
 
 
 def worst_value(metric: str, mode: str) -> float:
@@ -65,6 +67,21 @@ def worst_value(metric: str, mode: str) -> float:
     if metric.endswith("_acc"):
         return 0.0 if mode == "max" else 1.0
     return -math.inf if mode == "max" else math.inf
+
+
+def infeasible_values(options: TrialOptions, metrics: dict[str, Any]) -> dict[str, float]:
+    """What an infeasible trial's last result tells the searcher: the worst value of the run's
+    metric and of each objective, except a cost objective it measured (a trial over the params
+    bound still has its params)."""
+    from tuner.running.pareto import parse_objectives
+
+    pairs = [(o.metric, o.mode) for o in parse_objectives(options.objectives)] \
+        if options.objectives else []
+    out = {options.metric: worst_value(options.metric, options.mode)}
+    for metric, mode in pairs:
+        if metric not in (*COST_KEYS, "train_time_s") or metric not in metrics:
+            out[metric] = worst_value(metric, mode)
+    return out
 
 
 def recipe_from_config(config: dict[str, Any]) -> Recipe:
@@ -103,6 +120,15 @@ def node_name() -> str:
     return f"{host} ({ray.util.get_node_ip_address()})" if ray.is_initialized() else host
 
 
+def forward_report(metrics: dict[str, Any], checkpoint: Any = None) -> None:
+    """Report a data-parallel trial's epoch (rank 0's row, forwarded from its Ray Train group by
+    tuner.running.dp_trial) to Tune; ``checkpoint`` (Ray Train's copy of rank 0's) becomes the
+    trial's Tune checkpoint, which PBT clones and a paused or retried trial resumes from."""
+    if checkpoint is not None:  # Ray Train's class; Tune warns unless given its own
+        checkpoint = tune.Checkpoint(checkpoint.path, filesystem=checkpoint.filesystem)
+    tune.report(metrics, checkpoint=checkpoint)
+
+
 def run_trial(config: dict[str, Any], data: DataSplits | None = None,
               options: TrialOptions = TrialOptions()) -> None:
     """Ray Tune function trainable. ``data`` comes from the object store via with_parameters."""
@@ -134,7 +160,7 @@ def run_trial(config: dict[str, Any], data: DataSplits | None = None,
                    "resumed_from_trial": resumed_from_trial}
         if metrics.get("stop_reason") == INFEASIBLE:
             # no result: never best, never resumed or cloned, so no checkpoint either
-            tune.report({**metrics, options.metric: worst_value(options.metric, options.mode)})
+            tune.report({**metrics, **infeasible_values(options, metrics)})
             return
         due = metrics["epoch"] % options.checkpoint_every == 0 and (
             time.monotonic() - last["at"] >= last["cost"] / options.checkpoint_budget)
