@@ -11,7 +11,10 @@ Registering a searcher in ``tuner.running.searchers.SEARCHERS`` or a scheduler i
     the scheduler), the seeded start-up points for tpe and optuna (later ones depend on the order
     results arrive; ``test_model_based_searchers_repeat_one_at_a_time`` runs them one at a time);
 (c) early-stopping schedulers stop trials that did not diverge on under 70% of the budget, PBT
-    exploits, FIFO runs every trial to its end.
+    exploits, FIFO runs every trial to its end;
+(f) every epoch a trial trained is in its result.json once, across pauses, restarts and PBT
+    exploits (Ray's logger overwrote the rows written since its last sync to storage at each
+    restart: tuner.running.result_logs).
 
 The driver-kill checks (d) run for every searcher (with asha) and every scheduler (with random);
 the exit status (e) is tested in test_exit_status.py.
@@ -93,6 +96,24 @@ def proposals(exp: Path, space: SearchSpace) -> list[dict]:
     return out
 
 
+def assert_every_epoch_kept(rows: list[dict], trial_id: str) -> None:
+    """(f) Rows run on from epoch 1; a restart (a new resumed_from or resumed_from_trial)
+    continues at its checkpoint's epoch + 1, which is the last row's epoch unless the checkpoint
+    is another trial's (a PBT exploit clones the other trial's epoch too)."""
+    assert rows and rows[0]["epoch"] == 1 and rows[0]["resumed_from"] == 0, (trial_id, rows[:1])
+    for prev, row in itertools.pairwise(rows):
+        where = (trial_id, prev["epoch"], row["epoch"], row["resumed_from"],
+                 row["resumed_from_trial"])
+        restarted = (row["resumed_from"], row["resumed_from_trial"]) != (
+            prev["resumed_from"], prev["resumed_from_trial"])
+        if not restarted:
+            assert row["epoch"] == prev["epoch"] + 1, where
+            continue
+        assert row["epoch"] == row["resumed_from"] + 1, where
+        if row["resumed_from_trial"] == trial_id:  # its own checkpoint: no epoch lost between
+            assert row["resumed_from"] == prev["epoch"], where
+
+
 def _in_range(dist, value) -> bool:
     if isinstance(value, (list, tuple, dict)):  # e.g. Ray's ('__fn_ph', ...) placeholder
         return False
@@ -144,6 +165,10 @@ def test_contract(contract_runs, searcher, scheduler):
     csv = pd.read_csv(exp / "results.csv")
     for _, row in csv.iterrows():
         assert_honours_when(row.to_dict(), space, f"results.csv {row['trial_id']}")
+
+    # (f) no row lost at a pause, restart or exploit
+    for trial in exp.glob("trial_*"):
+        assert_every_epoch_kept(_rows(trial), trial.name[len("trial_"):])
 
     # (b) seeding: the proposals of the (searcher, fifo) run, whatever the scheduler
     mine = proposals(exp, space)

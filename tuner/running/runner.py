@@ -192,6 +192,7 @@ def _run_config(settings: RunSettings, space: SearchSpace, storage: str, name: s
     # writing new ones; with num_to_keep Ray deletes the chosen one first and the clone errors
     # ("Could not recover from checkpoint as it does not exist on storage anymore"): keep all.
     keep = None if settings.scheduler == "pbt" else 4
+    from tuner.running.result_logs import result_loggers
     from tuner.running.trackers import callbacks  # MLflow, W&B (Ray writes TensorBoard itself)
 
     return RunConfig(
@@ -199,7 +200,7 @@ def _run_config(settings: RunSettings, space: SearchSpace, storage: str, name: s
         progress_reporter=_reporter(settings, space, name, verbose),
         failure_config=FailureConfig(max_failures=settings.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=keep),
-        callbacks=callbacks(settings, storage, name),
+        callbacks=result_loggers() + callbacks(settings, storage, name),
     )
 
 
