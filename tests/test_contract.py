@@ -306,15 +306,18 @@ def test_killed_driver_resume_loses_nothing(tmp_path, searcher, scheduler):
 DP_SAMPLES, DP_EPOCHS = 4, 3
 
 
-@pytest.mark.parametrize("scheduler", ["asha", "pbt"])
+@pytest.mark.parametrize("scheduler", sorted(SCHEDULERS))
 def test_contract_with_two_workers_per_trial(ray_local, tmp_path, scheduler):
-    """Every trial trains over 2 Ray Train workers (one at a time on 2 CPUs): ASHA stops some
-    early and frees their workers for the next, PBT clones one trial's checkpoint into another
-    (the checkpoint rank 0 wrote becomes the Tune trial's) and mutates its knobs."""
+    """Every trial trains over 2 Ray Train workers (one at a time on 2 CPUs), whatever the
+    scheduler: each row is both ranks' epoch and none is lost; ASHA stops some early and frees
+    their workers for the next, PBT clones one trial's checkpoint into another (the checkpoint
+    rank 0 wrote becomes the Tune trial's) and mutates its knobs, HyperBand pauses and resumes
+    trials from their checkpoints, FIFO runs every trial to its end."""
     from tuner.running.schedulers import SchedulerOptions
 
-    options = (SchedulerOptions(grace_period=1, reduction_factor=2) if scheduler == "asha" else
-               SchedulerOptions(perturbation_interval=1))
+    options = {"asha": SchedulerOptions(grace_period=1, reduction_factor=2),
+               "pbt": SchedulerOptions(perturbation_interval=1)}.get(scheduler,
+                                                                     SchedulerOptions())
     res = run_tune(SPACE, searcher="random", scheduler=scheduler, num_samples=DP_SAMPLES,
                    max_epochs=DP_EPOCHS, seed=SEED, workers_per_trial=2,
                    scheduler_options=options, storage=tmp_path, name=scheduler,
@@ -324,20 +327,27 @@ def test_contract_with_two_workers_per_trial(ray_local, tmp_path, scheduler):
     assert not (df["status"] == "errored").any(), df[["trial_id", "error"]]
     space = SearchSpace.from_dict(SPACE)
     rows = {t.name: _rows(t) for t in exp.glob("trial_*")}
-    for name, trial_rows in rows.items():  # (a), and every epoch trained by 2 ranks
+    for name, trial_rows in rows.items():  # (a), (f), and every epoch trained by 2 ranks
         assert_honours_when(json.loads((exp / name / "params.json").read_text()), space, name)
-        assert trial_rows and all(r["world_size"] == 2 for r in trial_rows), name
+        assert_every_epoch_kept(trial_rows, name[len("trial_"):])
+        assert all(r["world_size"] == 2 for r in trial_rows), name
         assert all(len(r["worker_pids"].split(",")) == 2 for r in trial_rows), name
+    ended = df[df["stop_reason"] != "non_finite_loss"]
     if scheduler == "asha":
         stopped = df[df["stop_reason"] == "asha_stopped"]
         assert len(stopped) >= 1, df[["trial_id", "stop_reason", "epochs_run"]]
         assert int(df["epochs_run"].sum()) < DP_SAMPLES * DP_EPOCHS
-    else:
+    elif scheduler == "pbt":
         exploits = [(n, r["resumed_from_trial"]) for n, trial_rows in rows.items()
                     for r in trial_rows if r.get("resumed_from_trial") not in ("", None, n[6:])]
         assert exploits, "PBT never continued a trial from another trial's checkpoint"
         assert any(len({json.dumps(r["config"], sort_keys=True) for r in trial_rows}) > 1
                    for trial_rows in rows.values()), "PBT never changed a running trial's knobs"
+    elif scheduler == "fifo":
+        assert (ended["stop_reason"] == "completed").all()
+        assert (ended["epochs_run"] == DP_EPOCHS).all()
+    else:  # hyperband, median: each trial ended on its own or by the scheduler, never hung
+        assert set(ended["stop_reason"]) <= {"completed", f"{scheduler}_stopped"}, ended
 
 
 def test_contract_covers_every_registered_pair():

@@ -13,32 +13,35 @@ live view and the contract tests read these rows.
 Here the copy from storage happens only when the local file does not exist, i.e. when this
 driver has not written the trial yet (a resumed experiment starts a new staging folder); the
 local file, the only one this driver appends to, is otherwise the newer one.
+
+The fix replaces the one method both of Ray's callbacks call (``keep_local_rows``, run when
+tuner.running.runner is imported) rather than passing subclasses as ``RunConfig.callbacks``: Ray
+counts user callbacks for its telemetry by importing its MLflow, W&B, Comet and Aim integrations
+(``ray.air._internal.usage.tag_callbacks``), 1.2 s per run where mlflow is installed, measured
+by benchmarks/profile_default.py; with no callback given it skips that.
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
-from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+from ray.tune.logger import LoggerCallback
 
 
-class _KeepsLocalRows:
-    def _restore_from_remote(self, file_name: str, trial: Any) -> None:
+def keep_local_rows() -> None:
+    """Make Ray's logger callbacks copy a trial's file from storage only when this driver has
+    none (idempotent)."""
+    restore = LoggerCallback._restore_from_remote  # noqa: SLF001 - the method to replace
+    if getattr(restore, "keeps_local_rows", False):
+        return
+
+    @functools.wraps(restore)
+    def restore_unless_local(self: LoggerCallback, file_name: str, trial: Any) -> None:
         if Path(trial.local_path, file_name).exists():
             return
-        super()._restore_from_remote(file_name, trial)  # type: ignore[misc]
+        restore(self, file_name, trial)
 
-
-class JsonLogger(_KeepsLocalRows, JsonLoggerCallback):
-    """Ray's result.json writer, keeping the rows written before a restart."""
-
-
-class CSVLogger(_KeepsLocalRows, CSVLoggerCallback):
-    """Ray's progress.csv writer, keeping the rows written before a restart."""
-
-
-def result_loggers() -> list[Any]:
-    """The two logger callbacks; given to Ray, they take the place of its defaults (Ray adds its
-    TensorBoard writer still, which never copies from storage)."""
-    return [CSVLogger(), JsonLogger()]
+    restore_unless_local.keeps_local_rows = True  # type: ignore[attr-defined]
+    LoggerCallback._restore_from_remote = restore_unless_local  # noqa: SLF001

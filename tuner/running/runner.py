@@ -27,6 +27,7 @@ from tuner.running.dp_trial import AbortOnStop, dp_trial_slots, run_dp_trial
 from tuner.running.dp_trial import check_fits as check_dp_fits
 from tuner.running.dp_trial import trial_resources as dp_trial_resources
 from tuner.running.progress import LiveView
+from tuner.running.result_logs import keep_local_rows
 from tuner.running.schedulers import PAUSING, SchedulerOptions, build_scheduler, min_open_trials
 from tuner.running.searchers import build_search
 from tuner.running.settings import RunSettings, data_recipe
@@ -42,6 +43,9 @@ logging.getLogger("ray._private.authentication.authentication_token_setup").setL
     logging.ERROR)
 # Checkpointing every epoch forces frequent (cheap, ~10 ms) experiment snapshots; Ray warns.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# Ray's result.json / progress.csv lost the rows written since its last sync to storage at every
+# trial restart (a pause, a PBT exploit, a retry): tuner.running.result_logs
+keep_local_rows()
 
 
 def load_run_data(space: SearchSpace) -> DataSplits:
@@ -192,7 +196,6 @@ def _run_config(settings: RunSettings, space: SearchSpace, storage: str, name: s
     # writing new ones; with num_to_keep Ray deletes the chosen one first and the clone errors
     # ("Could not recover from checkpoint as it does not exist on storage anymore"): keep all.
     keep = None if settings.scheduler == "pbt" else 4
-    from tuner.running.result_logs import result_loggers
     from tuner.running.trackers import callbacks  # MLflow, W&B (Ray writes TensorBoard itself)
 
     return RunConfig(
@@ -200,7 +203,7 @@ def _run_config(settings: RunSettings, space: SearchSpace, storage: str, name: s
         progress_reporter=_reporter(settings, space, name, verbose),
         failure_config=FailureConfig(max_failures=settings.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=keep),
-        callbacks=result_loggers() + callbacks(settings, storage, name),
+        callbacks=callbacks(settings, storage, name),
     )
 
 
