@@ -41,12 +41,15 @@ lint: $(STAMP)
 
 # The CPU benchmarks (benchmarks/*.py), one JSON line each, also collected in $(BENCH_OUT);
 # 12 minutes on 2 quiet cores (20 when other work loads them; see BENCHMARKS.md). Optuna (the
-# `optuna` extra, also in `dev`) is the baseline of two. gpu_throughput needs CUDA: run it by hand.
+# `optuna` extra, also in `dev`) is the baseline of two; pyinstrument (installed here) profiles
+# the default run. gpu_throughput needs CUDA: run it by hand.
 BENCH_OUT ?= runs/bench-cpu.jsonl
-BENCH_CPU  = trial_overhead augment search_efficiency concurrency short_trials time_to_accuracy
+BENCH_CPU  = trial_overhead augment search_efficiency concurrency short_trials time_to_accuracy \
+             profile_default
 
 bench: $(STAMP)
 	$(PY) -c 'import optuna' 2>/dev/null || $(PY) -m pip install -q 'optuna>=3.0'
+	$(PY) -c 'import pyinstrument' 2>/dev/null || $(PY) -m pip install -q 'pyinstrument>=4'
 	mkdir -p $(dir $(BENCH_OUT)) && : > $(BENCH_OUT)
 	for b in $(BENCH_CPU); do \
 	  $(PY) benchmarks/$$b.py >> $(BENCH_OUT) || exit 1; tail -n 1 $(BENCH_OUT); done

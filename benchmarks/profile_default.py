@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="cores the run's Ray has (default: this machine's)")
     p.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE",
                    help="passed to `cnn-tuner run --set` (e.g. image_size=16)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 4 trials of 3 epochs (not the default run's profile)")
     p.add_argument("--keep", help="folder for the experiment and the profile (default: a "
                                   "temporary one, removed)")
     return p.parse_args(argv)
@@ -120,9 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     out = os.path.join(work, "driver-profile.json")
     name = f"default-{args.seed}-{int(time.time())}"
     sets = [a for s in args.set for a in ("--set", s)]
-    cmd = [sys.executable, "-m", "pyinstrument", "-r", "json", "-o", out, "-m", "tuner.cli",
+    # filter_threshold=0: keep frames under 1% of the run (pyinstrument drops them by default)
+    cmd = [sys.executable, "-m", "pyinstrument", "-r", "json", "-o", out,
+           "-p", "processor_options.filter_threshold=0", "-m", "tuner.cli",
            "run", "--storage", work, "--name", name, "--verbose", "0", "--seed",
-           str(args.seed), *sets]
+           str(args.seed), *sets,
+           *(["--num-samples", "4", "--max-epochs", "3"] if args.quick else [])]
     t0 = time.perf_counter()
     rc = subprocess.run(cmd, cwd=os.path.dirname(HERE), stdout=sys.stderr).returncode
     wall = time.perf_counter() - t0
