@@ -44,6 +44,7 @@ from trainables.models import check_runnable
 from tuner.running.trial import (
     CHECKPOINT_FILE,
     TrialOptions,
+    checkpoint_due,
     forward_report,
     infeasible_values,
     node_name,
@@ -322,8 +323,8 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
         if metrics.get("stop_reason") == INFEASIBLE:
             ray.train.report({**metrics, **infeasible_values(options, metrics)})
             return
-        due = metrics["epoch"] % options.checkpoint_every == 0 and (
-            time.monotonic() - last["at"] >= last["cost"] / options.checkpoint_budget)
+        due = checkpoint_due(metrics["epoch"], options, time.monotonic() - last["at"],
+                             last["cost"])
         if rank != 0 or (not due and "stop_reason" not in metrics):
             ray.train.report(metrics)
             return

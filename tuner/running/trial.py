@@ -49,8 +49,9 @@ class TrialOptions:
     is skipped while the time since the last checkpoint is under ``1 / checkpoint_budget`` times
     what saving the last one took: saving may cost at most that share of training time (a
     90 MB ResNet-18 checkpoint on a fast GPU would otherwise cost ~10% of every epoch; a small
-    model's few-millisecond save still happens every epoch). PBT needs the exact cadence:
-    ``checkpoint_budget=1.0`` turns the rule off.
+    model's few-millisecond save still happens every epoch). Schedulers that pause trials (PBT,
+    HyperBand) need the exact cadence: the runner gives them ``checkpoint_budget=1.0``, which
+    turns the rule off (``checkpoint_due``).
     """
 
     checkpoint_every: int = 1
@@ -59,6 +60,19 @@ class TrialOptions:
     metric: str = "val_acc"
     mode: str = "max"
     objectives: tuple[str, ...] = ()  # 'metric:mode' texts of a multi-objective run
+
+
+def checkpoint_due(epoch: int, options: TrialOptions, since_last_s: float,
+                   last_cost_s: float) -> bool:
+    """Whether epoch ``epoch``'s report carries a periodic checkpoint (TrialOptions' rule):
+    every ``checkpoint_every`` epochs, unless saving the last one took over ``checkpoint_budget``
+    of the time since; a budget of 1.0 or more never skips one (a pausing scheduler resumes a
+    trial from its last checkpoint: a skipped one would repeat epochs, and under load a tiny
+    model's epoch can take less time than its save)."""
+    if epoch % options.checkpoint_every:
+        return False
+    return options.checkpoint_budget >= 1.0 or since_last_s * options.checkpoint_budget >= \
+        last_cost_s
 
 
 def worst_value(metric: str, mode: str) -> float:
@@ -162,8 +176,8 @@ def run_trial(config: dict[str, Any], data: DataSplits | None = None,
             # no result: never best, never resumed or cloned, so no checkpoint either
             tune.report({**metrics, **infeasible_values(options, metrics)})
             return
-        due = metrics["epoch"] % options.checkpoint_every == 0 and (
-            time.monotonic() - last["at"] >= last["cost"] / options.checkpoint_budget)
+        due = checkpoint_due(metrics["epoch"], options, time.monotonic() - last["at"],
+                             last["cost"])
         if not due and "stop_reason" not in metrics:
             tune.report(metrics)
             return
