@@ -100,10 +100,11 @@ def assert_every_epoch_kept(rows: list[dict], trial_id: str) -> None:
     """(f) Rows run on from epoch 1; a restart (a new resumed_from or resumed_from_trial)
     continues at its checkpoint's epoch + 1, which is the last row's epoch unless the checkpoint
     is another trial's (a PBT exploit clones the other trial's epoch too)."""
-    assert rows and rows[0]["epoch"] == 1 and rows[0]["resumed_from"] == 0, (trial_id, rows[:1])
+    assert rows and rows[0]["epoch"] == 1 and rows[0]["resumed_from"] == 0, (
+        "(f) first row", trial_id, rows[:1])
     for prev, row in itertools.pairwise(rows):
-        where = (trial_id, prev["epoch"], row["epoch"], row["resumed_from"],
-                 row["resumed_from_trial"])
+        where = ("(f) trial, previous epoch, epoch, resumed_from, resumed_from_trial", trial_id,
+                 prev["epoch"], row["epoch"], row["resumed_from"], row["resumed_from_trial"])
         restarted = (row["resumed_from"], row["resumed_from_trial"]) != (
             prev["resumed_from"], prev["resumed_from_trial"])
         if not restarted:
@@ -128,9 +129,9 @@ def assert_honours_when(config: dict, space: SearchSpace, where: str) -> None:
         if isinstance(value, float) and math.isnan(value):
             value = None
         if space.is_active(knob, {k: v for k, v in config.items() if v is not None}):
-            assert value is not None and _in_range(dist, value), (where, knob, value)
+            assert value is not None and _in_range(dist, value), ("(a)", where, knob, value)
         else:
-            assert value is None, (where, knob, "inactive but set", value)
+            assert value is None, ("(a)", where, knob, "inactive but set", value)
 
 
 @pytest.fixture(scope="module")
@@ -174,14 +175,16 @@ def test_contract(contract_runs, searcher, scheduler):
     mine = proposals(exp, space)
     reference = proposals(contract_runs(searcher, "fifo")[1], space)
     seeded = len(mine) if searcher in ("grid", "random") else startup_points(NUM_SAMPLES)
-    assert mine[:seeded] == reference[:seeded]
+    assert mine[:seeded] == reference[:seeded], "(b) not the (searcher, fifo) run's proposals"
 
     # (c) what the scheduler promises
     used = int(df["epochs_run"].sum())
     if scheduler in EARLY_STOPPING:
         stopped = df[df["stop_reason"] == f"{scheduler}_stopped"]  # not diverged: stopped by it
-        assert len(stopped) >= 1, df[["trial_id", "stop_reason", "epochs_run"]]
-        assert used <= 0.7 * budget, (used, budget)
+        assert len(stopped) >= 1, ("(c) stopped none", df[["trial_id", "stop_reason",
+                                                           "epochs_run"]])
+        assert used <= 0.7 * budget, ("(c) epochs used, budget", used, budget,
+                                      df[["trial_id", "stop_reason", "epochs_run"]])
     elif scheduler == "fifo":
         ended = df[df["stop_reason"] != "non_finite_loss"]
         assert (ended["stop_reason"] == "completed").all()
