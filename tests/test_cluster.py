@@ -551,14 +551,17 @@ def test_worker_node_failure_loses_no_trial(two_nodes, tmp_path):
 
 
 @pytest.mark.ray
-def test_a_data_parallel_trial_trains_over_both_nodes(two_nodes, tmp_path):
-    """One trial, 2 Ray Train workers of 1 CPU on two 1-CPU nodes: its group is placed across
-    the nodes (Ray Train's PACK strategy keeps a group on one node only when it fits there) and
-    the two ranks train together over gloo on loopback, every epoch reported once."""
+@pytest.mark.parametrize(("placement", "cpus"), [("pack", "1"), ("spread", "0.5")])
+def test_a_data_parallel_trial_trains_over_both_nodes(two_nodes, tmp_path, placement, cpus):
+    """One trial, 2 Ray Train workers on two 1-CPU nodes, its ranks training together over gloo
+    on loopback, every epoch reported once. pack: 1-CPU workers cannot share a node, so the
+    group spreads (pack keeps it on one node only when it fits there); spread: half-CPU
+    workers would fit on one node, and each goes to its own anyway."""
     exp = tmp_path / "dp"
     proc = subprocess.run(
         [*CLI, "run", "--address", two_nodes.address, "--storage", str(tmp_path), "--name", "dp",
-         "--num-samples", "1", "--max-epochs", "2", "--workers-per-trial", "2", *TINY],
+         "--num-samples", "1", "--max-epochs", "2", "--workers-per-trial", "2",
+         "--cpus-per-trial", cpus, "--worker-placement", placement, *TINY],
         env=two_nodes.driver_env(**{tc.SHARED_STORAGE_ENV: "1"}), capture_output=True,
         text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

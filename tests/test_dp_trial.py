@@ -30,6 +30,8 @@ def test_several_gpus_per_trial_points_at_workers_per_trial():
 @pytest.mark.parametrize("settings, words", [
     ({"workers_per_trial": 0}, "whole number >= 1"),
     ({"workers_per_trial": 2, "space": {**SPACE, "sync_bn": True}}, "SyncBatchNorm"),
+    ({"workers_per_trial": 2, "worker_placement": "diagonal"},
+     "worker_placement: must be one of pack, spread, strict_pack, strict_spread, got 'diagonal'"),
 ])
 def test_what_data_parallel_trials_cannot_do_is_refused_before_ray(settings, words):
     with pytest.raises(ConfigError, match=words):
@@ -126,7 +128,22 @@ def test_train_workers_refuses_what_it_cannot_split_before_ray(tmp_path, capsys)
     assert code == 2 and len(err) == 1 and "divisible by the world size 2" in err[0], err
     assert main(["train", "--workers", "0", "--out", str(out)]) == 2
     assert "--workers: must be a whole number >= 1" in capsys.readouterr().err
+    assert main(["train", "--workers", "2", "--worker-placement", "SPREAD", "--out",
+                 str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--worker-placement: must be one of pack, spread" in err[0], err
     assert not out.exists()
+
+
+def test_run_refuses_an_unknown_worker_placement_before_ray(tmp_path, capsys):
+    from tuner.cli import main
+
+    code = main(["run", "--workers-per-trial", "2", "--worker-placement", "round_robin",
+                 "--storage", str(tmp_path), "--name", "x", "--num-samples", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "--worker-placement: must be one of" in err[0] and "'round_robin'" in err[0]
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.ray

@@ -70,7 +70,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/train-{datetime.now():%Y%m%d-%H%M%S}")
     check_folder_target(out, "out")
     final = train_to_dir(recipe, out, device=device, workers=args.workers,
-                         cpus_per_worker=args.cpus_per_worker)
+                         cpus_per_worker=args.cpus_per_worker, placement=args.worker_placement)
     print(f"wrote {out}/recipe.yaml, metrics.csv, result.json, checkpoint.pt "
           f"(test_acc {final['test_acc']:.4f}, {final['stop_reason']})")
     return 0
@@ -177,7 +177,8 @@ def _tune_run(args: argparse.Namespace) -> int:
                {"confirm_top": args.confirm_top, "confirm_seeds": args.confirm_seeds})),
         resources=Resources(cpus_per_trial=args.cpus_per_trial,
                             gpus_per_trial=args.gpus_per_trial,
-                            workers_per_trial=args.workers_per_trial),
+                            workers_per_trial=args.workers_per_trial,
+                            worker_placement=args.worker_placement),
         run_config=RunConfig(storage=args.storage, name=args.name, address=args.address,
                              max_failures=args.max_failures,
                              checkpoint_every=args.checkpoint_every, resume=args.resume,
@@ -302,6 +303,13 @@ def _cmd_knobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _placement_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--worker-placement", default="pack",
+                   help="where a data-parallel group's workers go: pack (as few nodes as it "
+                   "fits on, default) | spread (another node each where one has room) | "
+                   "strict_pack | strict_spread (those or wait)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="cnn-tuner", description="Tune CNN training recipes with Ray Tune.")
@@ -320,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "one runs; with cuda one GPU per worker; docs/data-parallel.md)")
     p.add_argument("--cpus-per-worker", type=float, default=1,
                    help="CPUs each worker reserves and its torch threads (default: 1)")
+    _placement_flag(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("run", help="tune a search space with Ray Tune (default: digits, quick "
@@ -343,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers-per-trial", type=int, default=1,
                    help="train each trial data-parallel over N Ray Train workers (DDP); the "
                    "resource flags are per worker (docs/data-parallel.md)")
+    _placement_flag(p)
     p.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
     p.add_argument("--storage", help="results root: a path or URI (default: ./cnn-tuner-results)")
     p.add_argument("--name", help="experiment name (default: dataset-searcher-scheduler-time)")

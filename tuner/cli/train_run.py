@@ -33,11 +33,11 @@ def format_epoch(m: dict[str, Any], epochs: int) -> str:
 
 def train_to_dir(recipe: Recipe, out: Path, device: str | None = None,
                  quiet: bool = False, workers: int = 1,
-                 cpus_per_worker: float = 1) -> dict[str, Any]:
+                 cpus_per_worker: float = 1, placement: str = "pack") -> dict[str, Any]:
     """Train, then write the four result files (nothing is written if training cannot start);
     returns the final metrics. ``workers`` > 1: data-parallel over that many Ray Train workers
     (tuner.running.dp_train), each reserving ``cpus_per_worker`` CPUs and, on a CUDA
-    ``device``, one GPU."""
+    ``device``, one GPU, placed by ``placement``."""
     last_state: dict[str, Any] = {}
 
     def show(metrics: dict[str, Any]) -> None:
@@ -55,7 +55,7 @@ def train_to_dir(recipe: Recipe, out: Path, device: str | None = None,
         gpus = 1 if device is not None and device.startswith("cuda") else 0
         history, last_state["state"] = train_data_parallel(
             recipe, workers, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus,
-            on_epoch=show)
+            placement=placement, on_epoch=show)
     else:
         history = train(recipe, device=device, report=report).history
     out.mkdir(parents=True, exist_ok=True)

@@ -56,11 +56,15 @@ class TuneConfig:
 class Resources:
     """What one trial reserves: CPUs (> 0) and GPUs (fractions below one pack several trials
     on a GPU), and ``workers_per_trial``: above 1, the trial trains data-parallel over that many
-    Ray Train workers (docs/data-parallel.md) and the CPUs and GPUs are PER WORKER."""
+    Ray Train workers (docs/data-parallel.md) and the CPUs and GPUs are PER WORKER;
+    ``worker_placement`` says where they go: "pack" (on as few nodes as the group fits, the
+    default), "spread" (each worker on another node where one is free), "strict_pack" or
+    "strict_spread" (those, or the group waits)."""
 
     cpus_per_trial: float = 1
     gpus_per_trial: float = 0
     workers_per_trial: int = 1
+    worker_placement: str = "pack"
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from trainables.errors import ConfigError
 from trainables.recipe import Recipe
 from tuner.running.dp_trial import check_fits, fit_group
 from tuner.running.runner import ray_session
+from tuner.running.settings import check_placement
 from tuner.running.trial import CHECKPOINT_FILE, TrialOptions
 
 # what each rank adds to the loop's metrics for Tune (tuner.running.dp_trial._worker_loop): not
@@ -33,8 +34,9 @@ RANK_KEYS = ("device", "gpu_ids", "pid", "worker_pid", "node_id", "resumed_from"
 
 
 def check_group(recipe: Recipe, workers: int, cpus_per_worker: float,
-                gpus_per_worker: float) -> None:
+                gpus_per_worker: float, placement: str = "pack") -> None:
     """What a data-parallel run of ``recipe`` cannot do, refused before Ray starts."""
+    check_placement(placement)
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers: must be a whole number >= 1, got {workers!r}")
     if cpus_per_worker <= 0:
@@ -47,12 +49,14 @@ def check_group(recipe: Recipe, workers: int, cpus_per_worker: float,
 
 def train_data_parallel(recipe: Recipe, workers: int, *, cpus_per_worker: float = 1,
                         gpus_per_worker: float = 0, max_failures: int = 2,
+                        placement: str = "pack",
                         on_epoch: Callable[[dict[str, Any]], None] | None = None,
                         ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Train ``recipe`` over ``workers`` Ray Train workers, each reserving ``cpus_per_worker``
-    CPUs and ``gpus_per_worker`` GPUs; returns the epoch rows (rank 0's, with the rank keys
+    CPUs and ``gpus_per_worker`` GPUs, placed by ``placement`` (settings.WORKER_PLACEMENTS);
+    returns the epoch rows (rank 0's, with the rank keys
     removed) and the final checkpoint state. ``on_epoch`` sees each row as it arrives."""
-    check_group(recipe, workers, cpus_per_worker, gpus_per_worker)
+    check_group(recipe, workers, cpus_per_worker, gpus_per_worker, placement)
     data = load_recipe_data(recipe)  # missing data fails here, before Ray starts
     history: list[dict[str, Any]] = []
     final: dict[str, Any] = {}
@@ -64,6 +68,7 @@ def train_data_parallel(recipe: Recipe, workers: int, *, cpus_per_worker: float 
                        "use_gpu": gpus_per_worker > 0, "checkpoint": None}
         for row, checkpoint in fit_group(loop_config, workers, cpus_per_worker,
                                          gpus_per_worker, max_failures=max_failures,
+                                         placement=placement,
                                          storage_path=storage, key=key):
             row = {k: v for k, v in row.items() if k not in RANK_KEYS}
             history.append(row)

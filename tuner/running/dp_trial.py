@@ -165,7 +165,7 @@ def _torch_trainer_cls() -> type:
 def run_dp_trial(config: dict[str, Any], data_ref: list | None = None,
                  options: TrialOptions | None = None, workers: int = 2,
                  cpus_per_worker: float = 1, gpus_per_worker: float = 0,
-                 max_failures: int = 2) -> None:
+                 max_failures: int = 2, placement: str = "pack") -> None:
     """Ray Tune function trainable of a data-parallel trial: fit a TorchTrainer of ``workers``.
     ``data_ref`` holds the dataset's ObjectRef (in a list, so Tune passes the reference, not the
     data, and each worker fetches it from the object store).
@@ -183,17 +183,18 @@ def run_dp_trial(config: dict[str, Any], data_ref: list | None = None,
     # one line per checkpoint from Ray's storage logger, as in run_trial
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     for row, checkpoint in fit_group(loop_config, workers, cpus_per_worker, gpus_per_worker,
-                                     max_failures=max_failures,
+                                     max_failures=max_failures, placement=placement,
                                      storage_path=context.get_trial_dir(), key=trial_id):
         forward_report(row, checkpoint)
 
 
 def fit_group(loop_config: dict[str, Any], workers: int, cpus_per_worker: float,
               gpus_per_worker: float, *, max_failures: int, storage_path: str,
-              key: str) -> Iterator[tuple[dict[str, Any], Any]]:
+              key: str, placement: str = "pack") -> Iterator[tuple[dict[str, Any], Any]]:
     """Fit a TorchTrainer of ``workers`` ranks of ``_worker_loop`` and yield, per epoch, rank
     0's row (with every rank's node id and pid) and the checkpoint reported with it (None when
-    none was). ``key`` names the fit in ``_CONTROLLERS`` (the trial id) for ``abort_fit``.
+    none was). ``key`` names the fit in ``_CONTROLLERS`` (the trial id) for ``abort_fit``;
+    ``placement`` is Ray Train's placement strategy, lower case (settings.WORKER_PLACEMENTS).
 
     ``fit()`` runs in a thread; ``ForwardReports`` (a Ray Train callback, run by the controller)
     hands each epoch through a Ray queue of one item, so training waits for a slow consumer.
@@ -208,7 +209,8 @@ def fit_group(loop_config: dict[str, Any], workers: int, cpus_per_worker: float,
     trainer = _torch_trainer_cls()(
         _worker_loop, train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0,
-                                     resources_per_worker=resources),
+                                     resources_per_worker=resources,
+                                     placement_strategy=placement.upper()),
         run_config=ray.train.RunConfig(
             name=f"ray_train_{time.strftime('%Y%m%d-%H%M%S')}_{uuid.uuid4().hex[:6]}",
             storage_path=storage_path,

@@ -160,7 +160,8 @@ def build_trainable(settings: RunSettings, data: DataSplits) -> Any:
         trainable = tune.with_parameters(
             run_dp_trial, data_ref=[ray.put(data)], options=options,
             workers=settings.workers_per_trial, cpus_per_worker=settings.cpus_per_trial,
-            gpus_per_worker=settings.gpus_per_trial, max_failures=settings.max_failures)
+            gpus_per_worker=settings.gpus_per_trial, max_failures=settings.max_failures,
+            placement=settings.worker_placement)
         trainable.__mixins__ = (AbortOnStop,)  # wrap_function makes it a base of the trainable
         return tune.with_resources(trainable, dp_trial_resources())
     trainable = tune.with_parameters(run_trial, data=ray.put(data), options=options)

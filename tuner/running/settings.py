@@ -23,6 +23,15 @@ if TYPE_CHECKING:
 
 SETTINGS_FILE = "cnn_tuner_run.json"
 DEFAULT_NUM_SAMPLES = 16
+# how Ray Train places a data-parallel trial's workers (ScalingConfig.placement_strategy): pack
+# keeps a group on as few nodes as it fits, spread puts each worker on another node where it
+# can; the strict ones refuse to start otherwise
+WORKER_PLACEMENTS = ("pack", "spread", "strict_pack", "strict_spread")
+
+
+def check_placement(value: Any, name: str = "worker_placement") -> None:
+    if value not in WORKER_PLACEMENTS:
+        raise ConfigError(f"{name}: must be one of {', '.join(WORKER_PLACEMENTS)}, got {value!r}")
 
 
 @dataclass
@@ -39,6 +48,7 @@ class RunSettings:
     cpus_per_trial: float = 1
     gpus_per_trial: float = 0
     workers_per_trial: int = 1  # >1: data-parallel trials, resources per worker (dp_trial)
+    worker_placement: str = "pack"  # where a data-parallel trial's workers go (WORKER_PLACEMENTS)
     max_concurrent: int | None = None
     seed: int = 0
     max_failures: int = 2
@@ -122,6 +132,7 @@ class RunSettings:
         n = self.workers_per_trial
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ConfigError(f"workers_per_trial: must be a whole number >= 1, got {n!r}")
+        check_placement(self.worker_placement)
         if self.gpus_per_trial > 1:
             raise ConfigError(f"gpus_per_trial: a trial's worker trains on one GPU, got "
                               f"{self.gpus_per_trial:g}; to train one trial on several GPUs "
