@@ -42,7 +42,7 @@ lint: $(STAMP)
 # The CPU benchmarks (benchmarks/*.py), one JSON line each, also collected in $(BENCH_OUT);
 # 12 minutes on 2 quiet cores (20 when other work loads them; see BENCHMARKS.md). Optuna (the
 # `optuna` extra, also in `dev`) is the baseline of two; pyinstrument (installed here) profiles
-# the default run. gpu_throughput needs CUDA: run it by hand.
+# the default run. gpu_throughput and gpu_packing need CUDA: run them by hand.
 BENCH_OUT ?= runs/bench-cpu.jsonl
 BENCH_CPU  = trial_overhead augment search_efficiency concurrency short_trials time_to_accuracy \
              profile_default

@@ -120,13 +120,14 @@ class Timer:
 
 
 @contextlib.contextmanager
-def ray_local(num_cpus: int = 2) -> Iterator[float]:
+def ray_local(num_cpus: int = 2, num_gpus: int | None = None) -> Iterator[float]:
     """One local Ray for the whole benchmark process (``tuner.tune`` reuses an initialised
-    Ray); yields the seconds ``ray.init`` took; always shuts it down."""
+    Ray); yields the seconds ``ray.init`` took; always shuts it down. ``num_gpus``: how many
+    GPUs Ray may hand out (None: all it finds)."""
     import ray
 
     start = time.perf_counter()
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
              log_to_driver=False, logging_level="error", configure_logging=True)
     try:
         yield time.perf_counter() - start
