@@ -55,6 +55,40 @@ def test_a_group_the_cluster_cannot_hold_is_refused_naming_need_and_have():
     assert dp_trial_slots(2, 1, 0, {"CPU": 2.0}) == 1
 
 
+def test_a_strict_placement_no_node_set_can_hold_is_refused():
+    """Two 2-CPU nodes: 4 one-CPU workers fit the cluster, but not one node (strict_pack) or
+    one node each (strict_spread); pack and spread place them anyway."""
+    nodes, total = [{"CPU": 2.0}, {"CPU": 2.0}], {"CPU": 4.0}
+    for placement in ("pack", "spread"):
+        check_fits(4, 1, 0, total, placement, nodes)
+    check_fits(2, 1, 0, total, "strict_pack", nodes)
+    check_fits(2, 1, 0, total, "strict_spread", nodes)
+    with pytest.raises(ConfigError, match="strict_pack needs one node with 4 x 1 CPU, but no "
+                                          "node of the cluster's 2 has that"):
+        check_fits(4, 1, 0, total, "strict_pack", nodes)
+    with pytest.raises(ConfigError, match="strict_spread needs 3 nodes with room for a worker "
+                                          "each, but the cluster has 2"):
+        check_fits(3, 1, 0, total, "strict_spread", nodes)
+    gpu_nodes = [{"CPU": 8.0, "GPU": 1.0}, {"CPU": 8.0}]  # only one node has a GPU
+    with pytest.raises(ConfigError, match="strict_spread needs 2 nodes .* has 1"):
+        check_fits(2, 1, 1, {"CPU": 16.0, "GPU": 2.0}, "strict_spread", gpu_nodes)
+
+
+@pytest.mark.ray
+def test_strict_spread_over_one_node_is_refused_before_any_trial(ray_local, tmp_path, capsys):
+    """The test Ray is one node: 2 workers on 2 nodes can never start (Ray Train would wait)."""
+    from tuner.cli import main
+
+    code = main(["run", "--workers-per-trial", "2", "--cpus-per-trial", "0.5",
+                 "--worker-placement", "strict_spread", "--storage", str(tmp_path), "--name",
+                 "x", "--num-samples", "1", "--max-epochs", "1", "--verbose", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "strict_spread needs 2 nodes with room for a worker each, but the cluster has 1" in \
+        err[0]
+    assert not list(tmp_path.glob("x/trial_*"))
+
+
 @pytest.mark.ray
 def test_data_parallel_trials_inside_tpe_asha(ray_local, tmp_path):
     from tuner import Resources, RunConfig, TuneConfig, tune

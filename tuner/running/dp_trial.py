@@ -66,9 +66,13 @@ def trial_resources() -> Any:
 
 
 def check_fits(workers: int, cpus_per_worker: float, gpus_per_worker: float,
-               available: dict[str, float]) -> None:
+               available: dict[str, float], placement: str = "pack",
+               nodes: list[dict[str, float]] | None = None) -> None:
     """Refuse, before any trial starts, a trial the cluster can never hold: N workers need N x
-    the per-worker resources at once (Ray Train places the whole group or nothing)."""
+    the per-worker resources at once (Ray Train places the whole group or nothing); with
+    ``nodes`` (each node's resources), a strict placement needs one node holding the whole
+    group (strict_pack) or N nodes holding a worker each (strict_spread)."""
+    per = {"CPU": cpus_per_worker, "GPU": gpus_per_worker}
     for key, per_worker, flag in (("CPU", cpus_per_worker, "cpus_per_trial"),
                                   ("GPU", gpus_per_worker, "gpus_per_trial")):
         need, have = workers * per_worker, float(available.get(key, 0))
@@ -77,6 +81,27 @@ def check_fits(workers: int, cpus_per_worker: float, gpus_per_worker: float,
                 f"workers_per_trial: {workers} workers x {per_worker:g} {key} ({flag} is per "
                 f"worker) need {need:g} {key}s at once, but the cluster has {have:g}; lower "
                 f"{flag} or workers_per_trial")
+    if nodes is None or placement not in ("strict_pack", "strict_spread"):
+        return
+
+    def holds(node: dict[str, float], count: int) -> bool:
+        return all(float(node.get(k, 0)) + 1e-9 >= count * v for k, v in per.items() if v)
+
+    if placement == "strict_pack" and not any(holds(n, workers) for n in nodes):
+        raise ConfigError(
+            f"worker_placement: strict_pack needs one node with {workers} x {cpus_per_worker:g} "
+            f"CPU{f' and {workers} x {gpus_per_worker:g} GPU' if gpus_per_worker else ''}, but "
+            f"no node of the cluster's {len(nodes)} has that; use pack or fewer workers")
+    fit = sum(holds(n, 1) for n in nodes)
+    if placement == "strict_spread" and fit < workers:
+        raise ConfigError(
+            f"worker_placement: strict_spread needs {workers} nodes with room for a worker "
+            f"each, but the cluster has {fit}; use spread or fewer workers")
+
+
+def node_resources() -> list[dict[str, float]]:
+    """Each live node's total resources (what a strict placement can count on)."""
+    return [dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
 
 
 def dp_trial_slots(workers: int, cpus_per_worker: float, gpus_per_worker: float,
