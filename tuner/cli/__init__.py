@@ -1,5 +1,6 @@
-"""The ``cnn-tuner`` command line: flags mapped onto the Python API (``commands``), ``--set``
-overrides, the knob table, and single-recipe training (``train_run``).
+"""The ``cnn-tuner`` command line: its flags and one-line errors (``parser``), the commands
+mapping them onto the Python API (``commands``), ``--set`` overrides, the knob table, and
+single-recipe training (``train_run``).
 
 ``main`` is the entry point: it keeps a local run's Ray on loopback, which Ray decides when it
 is imported, so it does that before importing the commands (they import Ray)."""
@@ -18,12 +19,12 @@ def main(argv: list[str] | None = None) -> int:
 
     joins = any(a == "--address" or a.startswith("--address=") for a in args)
     prefer_loopback("a cluster" if joins else None)  # before anything imports Ray
-    from tuner.cli.commands import main as run
+    from tuner.cli.parser import main as run
 
     return run(argv)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tuner.cli.commands import build_parser as build
+    from tuner.cli.parser import build_parser as build
 
     return build()
