@@ -22,7 +22,7 @@ from trainables.data import load_recipe_data
 from trainables.distributed import local_batch
 from trainables.errors import ConfigError
 from trainables.recipe import Recipe
-from tuner.running.dp_trial import check_fits, fit_group, node_resources
+from tuner.running.dp_trial import check_fits_cluster, fit_group
 from tuner.running.runner import ray_session
 from tuner.running.settings import check_placement
 from tuner.running.trial import CHECKPOINT_FILE, TrialOptions
@@ -61,8 +61,7 @@ def train_data_parallel(recipe: Recipe, workers: int, *, cpus_per_worker: float 
     history: list[dict[str, Any]] = []
     final: dict[str, Any] = {}
     with ray_session(None), tempfile.TemporaryDirectory(prefix="cnn-tuner-train-") as storage:
-        check_fits(workers, cpus_per_worker, gpus_per_worker, ray.cluster_resources(),
-                   placement, node_resources())
+        check_fits_cluster(workers, cpus_per_worker, gpus_per_worker, placement)
         key = f"train-{uuid.uuid4().hex[:8]}"
         loop_config = {"config": recipe.to_dict(), "data_ref": [ray.put(data)],
                        "options": TrialOptions(), "trial_id": key, "cpus": cpus_per_worker,

@@ -73,8 +73,8 @@ def check_fits(workers: int, cpus_per_worker: float, gpus_per_worker: float,
     ``nodes`` (each node's resources), a strict placement needs one node holding the whole
     group (strict_pack) or N nodes holding a worker each (strict_spread)."""
     per = {"CPU": cpus_per_worker, "GPU": gpus_per_worker}
-    for key, per_worker, flag in (("CPU", cpus_per_worker, "cpus_per_trial"),
-                                  ("GPU", gpus_per_worker, "gpus_per_trial")):
+    for key, flag in (("CPU", "cpus_per_trial"), ("GPU", "gpus_per_trial")):
+        per_worker = per[key]
         need, have = workers * per_worker, float(available.get(key, 0))
         if need > have + 1e-9:
             raise ConfigError(
@@ -99,9 +99,13 @@ def check_fits(workers: int, cpus_per_worker: float, gpus_per_worker: float,
             f"each, but the cluster has {fit}; use spread or fewer workers")
 
 
-def node_resources() -> list[dict[str, float]]:
-    """Each live node's total resources (what a strict placement can count on)."""
-    return [dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
+def check_fits_cluster(workers: int, cpus_per_worker: float, gpus_per_worker: float,
+                       placement: str) -> None:
+    """``check_fits`` against the Ray this process is connected to: its totals, and each live
+    node's resources (what a strict placement can count on)."""
+    nodes = [dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
+    check_fits(workers, cpus_per_worker, gpus_per_worker, ray.cluster_resources(), placement,
+               nodes)
 
 
 def dp_trial_slots(workers: int, cpus_per_worker: float, gpus_per_worker: float,

@@ -23,8 +23,7 @@ from ray.tune import CheckpointConfig, CLIReporter, FailureConfig, RunConfig, Tu
 from search_spaces import Grid, SearchSpace
 from trainables.data import DataSplits, load_recipe_data
 from trainables.errors import ConfigError, first_line
-from tuner.running.dp_trial import AbortOnStop, dp_trial_slots, node_resources, run_dp_trial
-from tuner.running.dp_trial import check_fits as check_dp_fits
+from tuner.running.dp_trial import AbortOnStop, check_fits_cluster, dp_trial_slots, run_dp_trial
 from tuner.running.dp_trial import trial_resources as dp_trial_resources
 from tuner.running.progress import LiveView
 from tuner.running.result_logs import keep_local_rows
@@ -258,9 +257,8 @@ def run_experiment(settings: RunSettings, space: SearchSpace, *, storage: str, n
         if on_cluster:
             _check_storage(storage, settings)
         if settings.workers_per_trial > 1:
-            check_dp_fits(settings.workers_per_trial, settings.cpus_per_trial,
-                          settings.gpus_per_trial, ray.cluster_resources(),
-                          settings.worker_placement, node_resources())
+            check_fits_cluster(settings.workers_per_trial, settings.cpus_per_trial,
+                               settings.gpus_per_trial, settings.worker_placement)
             if hasattr(scheduler, "max_running"):  # PBT: take turns as the groups fit
                 scheduler.max_running = trial_slots(settings)
         if exists:
