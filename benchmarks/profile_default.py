@@ -25,6 +25,7 @@ import argparse
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -119,6 +120,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     work = args.keep or tempfile.mkdtemp(prefix="profile-default-")
     os.makedirs(work, exist_ok=True)
+    try:
+        return profile(args, work)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def profile(args: argparse.Namespace, work: str) -> int:
+    """Run and read the profile in ``work``; 0, or 1 when the run failed."""
     out = os.path.join(work, "driver-profile.json")
     name = f"default-{args.seed}-{int(time.time())}"
     sets = [a for s in args.set for a in ("--set", s)]

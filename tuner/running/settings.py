@@ -29,9 +29,10 @@ DEFAULT_NUM_SAMPLES = 16
 WORKER_PLACEMENTS = ("pack", "spread", "strict_pack", "strict_spread")
 
 
-def check_placement(value: Any, name: str = "worker_placement") -> None:
+def check_placement(value: Any) -> None:
     if value not in WORKER_PLACEMENTS:
-        raise ConfigError(f"{name}: must be one of {', '.join(WORKER_PLACEMENTS)}, got {value!r}")
+        raise ConfigError(f"worker_placement: must be one of {', '.join(WORKER_PLACEMENTS)}, "
+                          f"got {value!r}")
 
 
 @dataclass
