@@ -145,6 +145,13 @@ def _default_name(args: argparse.Namespace) -> str:
 
 
 def _tune_run(args: argparse.Namespace) -> int:
+    from tuner.running.runner import shutdown_after
+
+    with shutdown_after():  # the summary first, then Ray's shutdown
+        return _tune_and_summarise(args)
+
+
+def _tune_and_summarise(args: argparse.Namespace) -> int:
     from tuner.running.api import tune
     from tuner.running.config import Resources, RunConfig, TuneConfig
     from tuner.running.schedulers import SchedulerOptions
@@ -176,10 +183,12 @@ def _tune_run(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from tuner.running.api import resume
+    from tuner.running.runner import shutdown_after
 
-    result = resume(args.path, address=args.address, verbose=args.verbose)
-    _print_summary(result)
-    return _exit_status(result)
+    with shutdown_after():  # the summary first, then Ray's shutdown
+        result = resume(args.path, address=args.address, verbose=args.verbose)
+        _print_summary(result)
+        return _exit_status(result)
 
 
 def cmd_results(args: argparse.Namespace) -> int:
