@@ -156,7 +156,7 @@ CLI_ARGS: list[tuple[list[str], tuple[str, ...]]] = [
     (["run", "--space", "nosuchpreset"], ("'nosuchpreset'", "quick")),
     (["run", "--space", "missing.yaml"], ("missing.yaml", "not found")),
     (["run", "--scheduler", "pbt"], ("--scheduler: 'pbt'", "searcher 'random'")),
-    (["run", "--searcher", "grid"], ("searcher 'grid'", "'width'")),
+    (["run", "--searcher", "grid"], ("searcher 'grid'", "'batch_size'")),
     (["run", "--dataset", "imagenet"], ("'dataset'", "'imagenet'")),
     (["run", "--dataset", "imagefolder", "--data-dir", "nope"], ("nope", "not found")),
     (["run", "--set", "lr"], ("--set 'lr'", "knob=value")),

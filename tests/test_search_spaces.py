@@ -227,9 +227,14 @@ def test_every_preset_validates_and_samples_valid_recipes(name):
 def test_quick_preset_is_the_documented_budget():
     space = load_space("quick")
     assert space.fixed["dataset"] == "digits" and space.fixed["epochs"] == 12
+    assert space.fixed["width"] == 16 and space.fixed["optimizer"] == "nesterov"
     assert space.tuned["batch_size"].values == (64, 128)
-    assert space.conditions["step_size"] == ("lr_schedule", ("step",))
-    assert set(space.tuned["lr_schedule"].values) == {"onecycle", "cosine", "step"}
+    assert set(space.tuned["lr_schedule"].values) == {"onecycle", "cosine"}
+    # every range holds the knob catalog's default
+    for knob in ("lr", "momentum", "weight_decay", "dropout", "label_smoothing",
+                 "aug_crop_padding"):
+        dist, default = space.tuned[knob], KNOBS[knob].default
+        assert dist.low <= default <= dist.high, (knob, default)
 
 
 def test_strategies_preset_tunes_every_family():
@@ -357,21 +362,23 @@ def test_hyperopt_labels_are_unique_per_branch():
 
 
 def test_hyperopt_tpe_suggestions_build_valid_recipes():
-    space = load_space("quick")
+    space = load_space("strategies")  # the preset with conditionals on several knobs
     recipes = []
 
     def objective(params):
         flat = flatten_config(params)
         assert ("step_size" in flat) == (flat["lr_schedule"] == "step"), flat
-        assert ("momentum" in flat) == (flat["optimizer"] == "nesterov"), flat
+        assert ("gamma" in flat) == (flat["lr_schedule"] in ("step", "exponential")), flat
+        assert ("momentum" in flat) == (flat["optimizer"] in ("sgd", "nesterov")), flat
         recipe = build_recipe(merge_fixed(space, flat))
         recipes.append(recipe)
         return recipe.lr * recipe.width  # any deterministic score
 
-    hyperopt.fmin(objective, to_hyperopt_space(space), algo=hyperopt.tpe.suggest, max_evals=30,
+    hyperopt.fmin(objective, to_hyperopt_space(space), algo=hyperopt.tpe.suggest, max_evals=40,
                   rstate=np.random.default_rng(0), show_progressbar=False)
-    assert {r.lr_schedule for r in recipes} == {"onecycle", "cosine", "step"}
-    assert all(1e-3 <= r.lr <= 0.5 and r.width in (16, 24, 32) for r in recipes)
+    assert {r.lr_schedule for r in recipes} == set(space.tuned["lr_schedule"].values)
+    lr = space.tuned["lr"]
+    assert all(lr.low <= r.lr <= lr.high and r.width in (16, 32, 48, 64) for r in recipes)
 
 
 def test_ray_hyperopt_search_suggestions_merge_with_fixed_values():
@@ -380,7 +387,7 @@ def test_ray_hyperopt_search_suggestions_merge_with_fixed_values():
     from ray.tune.search.hyperopt import HyperOptSearch
     from ray.tune.utils.util import merge_dicts
 
-    space = load_space("quick")
+    space = load_space("strategies")
     searcher = HyperOptSearch(space=to_hyperopt_space(space), metric="val_acc", mode="max",
                               n_initial_points=5, random_state_seed=0)
     schedules = set()
