@@ -14,7 +14,10 @@ Registering a searcher in ``tuner.running.searchers.SEARCHERS`` or a scheduler i
     exploits, FIFO runs every trial to its end;
 (f) every epoch a trial trained is in its result.json once, across pauses, restarts and PBT
     exploits (Ray's logger overwrote the rows written since its last sync to storage at each
-    restart: tuner.running.result_logs).
+    restart: tuner.running.result_logs);
+(g) a scheduler that paused a trial (it went on from its own checkpoint; no trial errored) is in
+    ``PAUSING``, so it checkpoints every epoch (median pauses only while trials wait to start:
+    it was missing, and a paused trial repeated an epoch whose checkpoint had been skipped).
 
 The driver-kill checks (d) run for every searcher (with asha) and every scheduler (with random);
 the exit status (e) is tested in test_exit_status.py.
@@ -40,7 +43,7 @@ from search_spaces import SearchSpace, choice, grid, loguniform, randint, unifor
 from search_spaces.distributions import Choice, _same
 from trainables.errors import ConfigError
 from tuner.cli import main
-from tuner.running.schedulers import REFUSED_PAIRS, SCHEDULERS
+from tuner.running.schedulers import PAUSING, REFUSED_PAIRS, SCHEDULERS
 from tuner.running.searchers import SEARCHERS, startup_points
 
 from grouped import run_tune
@@ -94,6 +97,13 @@ def proposals(exp: Path, space: SearchSpace) -> list[dict]:
         config = _rows(exp / name)[0]["config"]
         out.append({k: config[k] for k in space.tuned if config.get(k) is not None})
     return out
+
+
+def own_checkpoint_restarts(rows: list[dict], trial_id: str) -> int:
+    """How often a trial went on from its own checkpoint: after a pause (or a retry)."""
+    return sum((row["resumed_from"], row["resumed_from_trial"]) != (
+        prev["resumed_from"], prev["resumed_from_trial"]) and row["resumed_from_trial"] == trial_id
+        for prev, row in itertools.pairwise(rows))
 
 
 def assert_every_epoch_kept(rows: list[dict], trial_id: str) -> None:
@@ -170,6 +180,12 @@ def test_contract(contract_runs, searcher, scheduler):
     # (f) no row lost at a pause, restart or exploit
     for trial in exp.glob("trial_*"):
         assert_every_epoch_kept(_rows(trial), trial.name[len("trial_"):])
+
+    # (g) a scheduler that pauses trials checkpoints every epoch
+    paused = sum(own_checkpoint_restarts(_rows(t), t.name[len("trial_"):])
+                 for t in exp.glob("trial_*"))
+    assert not paused or scheduler in PAUSING, (
+        f"(g) {scheduler} paused trials {paused} times but is not in PAUSING")
 
     # (b) seeding: the proposals of the (searcher, fifo) run, whatever the scheduler
     mine = proposals(exp, space)
@@ -335,6 +351,8 @@ def test_contract_with_two_workers_per_trial(ray_local, tmp_path, scheduler):
         assert_every_epoch_kept(trial_rows, name[len("trial_"):])
         assert all(r["world_size"] == 2 for r in trial_rows), name
         assert all(len(r["worker_pids"].split(",")) == 2 for r in trial_rows), name
+    paused = sum(own_checkpoint_restarts(r, n[len("trial_"):]) for n, r in rows.items())
+    assert not paused or scheduler in PAUSING, f"(g) {scheduler} paused trials, not in PAUSING"
     ended = df[df["stop_reason"] != "non_finite_loss"]
     if scheduler == "asha":
         stopped = df[df["stop_reason"] == "asha_stopped"]
