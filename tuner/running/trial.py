@@ -50,8 +50,8 @@ class TrialOptions:
     what saving the last one took: saving may cost at most that share of training time (a
     90 MB ResNet-18 checkpoint on a fast GPU would otherwise cost ~10% of every epoch; a small
     model's few-millisecond save still happens every epoch). Schedulers that pause trials (PBT,
-    HyperBand) need the exact cadence: the runner gives them ``checkpoint_budget=1.0``, which
-    turns the rule off (``checkpoint_due``).
+    HyperBand, median: ``schedulers.PAUSING``) need the exact cadence: the runner gives them
+    ``checkpoint_budget=1.0``, which turns the rule off (``checkpoint_due``).
     """
 
     checkpoint_every: int = 1
