@@ -308,10 +308,10 @@ def run_default(args: argparse.Namespace, seed: int, tmp: str) -> dict[str, Any]
 def run_baseline(method: str, args: argparse.Namespace, seed: int, tmp: str) -> dict[str, Any]:
     storage = os.path.join(tmp, f"{method}-{seed}")
     out_file = storage + ".json"
-    start, wall, _ = run_process([sys.executable, os.path.join(HERE, "time_to_accuracy.py"),
-                               "--child", method, "--seed", str(seed), "--trials",
-                               str(args.trials), "--epochs", str(args.epochs),
-                               "--storage", storage, "--out", out_file])
+    start, wall, _ = run_process([
+        sys.executable, os.path.join(HERE, "time_to_accuracy.py"), "--child", method, "--seed",
+        str(seed), "--trials", str(args.trials), "--epochs", str(args.epochs), "--storage",
+        storage, "--out", out_file])
     with open(out_file) as f:
         child = json.load(f)
     rows = child["rows"] if method == "optuna" else ray_rows(os.path.join(storage, "raw"))

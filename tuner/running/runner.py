@@ -52,11 +52,7 @@ def load_run_data(space: SearchSpace) -> DataSplits:
     return load_recipe_data(data_recipe(space))
 
 
-class _Deferral:
-    """Whether a ``shutdown_after`` block is open, and whether a Ray was started inside it."""
-
-    active = False
-    started = False
+_defer_shutdown = False  # inside a ``shutdown_after`` block
 
 
 @contextlib.contextmanager
@@ -72,8 +68,7 @@ def ray_session(address: str | None) -> Iterator[None]:
     else:
         ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
                  configure_logging=True, logging_level="warning")
-    if _Deferral.active:
-        _Deferral.started = True
+    if _defer_shutdown:  # shutdown_after shuts it down
         yield
         return
     try:
@@ -88,13 +83,13 @@ def shutdown_after() -> Iterator[None]:
     ends. The command line prints a run's summary before Ray's shutdown (1.4 s on 2 cores, the
     last thing a user waited for), and the confirmation after a search (``--confirm-top``)
     trains on the search's Ray instead of starting and stopping a second one."""
-    _Deferral.active, _Deferral.started = True, False
+    global _defer_shutdown
+    was_up, _defer_shutdown = ray.is_initialized(), True
     try:
         yield
     finally:
-        _Deferral.active = False
-        if _Deferral.started:
-            _Deferral.started = False
+        _defer_shutdown = False
+        if not was_up and ray.is_initialized():
             ray.shutdown()
 
 
