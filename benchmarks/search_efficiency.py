@@ -18,10 +18,11 @@ which would make their wall times incomparable.
 Figures per search (mean over seeds, and per seed): trial-epochs used, wall time, best val_acc
 and the test_acc of that best trial (the best is picked among trials that finished on their
 own, as ``tuner.tune`` does). Headline ratio: tpe_asha's trial-epochs / the full budget
-(num_samples x max_epochs). Target: <= 0.35 with a best val_acc within 0.5 points of the better
-full-budget search. The space is the ``quick`` preset with ``--fixed`` knobs on top (by default
-``width=16 image_size=16 batch_size=128``: digits are 8x8 scans, so 16x16 loses nothing, and
-it keeps three seeds of four searches inside ``make bench``'s time).
+(num_samples x max_epochs). Target (issue 15): <= 0.30, mean of 5 seeds (``--seeds 5``), with a
+best val_acc within 0.5 points of the better full-budget search (the earlier target was 0.35).
+The space is the ``quick`` preset with ``--fixed`` knobs on top (by default ``width=16
+image_size=16 batch_size=128``: digits are 8x8 scans, so 16x16 loses nothing, and it keeps three
+seeds of four searches inside ``make bench``'s time).
 
     python benchmarks/search_efficiency.py [--num-samples 24] [--max-epochs 12] [--seeds 3]
 """
@@ -43,7 +44,7 @@ from _common import (
     stdout_to_stderr,
 )
 
-TARGET_FRACTION, TARGET_GAP_POINTS = 0.35, 0.5
+TARGET_FRACTION, TARGET_GAP_POINTS = 0.30, 0.5
 METHODS = ("tpe_asha", "random_full", "tpe_full", "optuna_sh")
 
 
