@@ -99,7 +99,8 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.section("failures, whole messages")
     for report in failed:
         crash = getattr(report.longrepr, "reprcrash", None)
-        message = crash.message if crash else str(report.longrepr).strip().splitlines()[-1:]
+        message = crash.message if crash else (str(report.longrepr).strip().splitlines()
+                                               or [""])[-1]
         where = f"{crash.path}:{crash.lineno}" if crash else ""
         terminalreporter.write_line(f"{report.nodeid} ({report.when}) {where}")
         for line in str(message).splitlines()[:40]:
