@@ -32,7 +32,10 @@ def ray_local():
     ray.shutdown()
 
 
-def held_resources(ray, wait_s: float = 30.0) -> dict[str, float]:
+RELEASE_WAIT_S = 30.0  # how long a test's actors get to exit and give back what they held
+
+
+def held_resources(ray, wait_s: float = RELEASE_WAIT_S) -> dict[str, float]:
     """What the session's Ray still holds once a test has ended (CPU/GPU not yet given back,
     after up to ``wait_s`` for actors to exit): {} when everything is free again."""
     deadline = time.monotonic() + wait_s
@@ -64,8 +67,8 @@ def ray_gives_everything_back(request):
                   if g.get("state") != "REMOVED"]
         ray.shutdown()
         _start_ray()
-        pytest.fail(f"the test left Ray resources held 30 s after it ended: {held}; "
-                    f"placement groups not removed: {len(groups)} "
+        pytest.fail(f"the test left Ray resources held {RELEASE_WAIT_S:.0f} s after it ended: "
+                    f"{held}; placement groups not removed: {len(groups)} "
                     f"({[g.get('bundles') for g in groups]}); Ray restarted for the next test",
                     pytrace=False)
 
@@ -103,5 +106,5 @@ def pytest_terminal_summary(terminalreporter):
                                                or [""])[-1]
         where = f"{crash.path}:{crash.lineno}" if crash else ""
         terminalreporter.write_line(f"{report.nodeid} ({report.when}) {where}")
-        for line in str(message).splitlines()[:40]:
+        for line in message.splitlines()[:40]:
             terminalreporter.write_line(f"    {line[:300]}")
