@@ -99,29 +99,42 @@ def proposals(exp: Path, space: SearchSpace) -> list[dict]:
     return out
 
 
+def restarts(rows: list[dict]) -> list[tuple[dict, dict]]:
+    """(last row before, first row after) of each time the trial started again: after a pause,
+    a retry or a PBT exploit. Ray counts ``iterations_since_restore`` from 1 at every start."""
+    return [(prev, row) for prev, row in itertools.pairwise(rows)
+            if row["iterations_since_restore"] == 1]
+
+
+def went_on(prev: dict, row: dict, trial_id: str) -> bool:
+    """A restart that went on from the trial's own checkpoint with its own knobs: a pause or
+    a retry. A PBT exploit changes the knobs (the cloned trial's, perturbed), and can restore
+    the trial's own earlier checkpoint: another trial that had cloned it passes it back."""
+    return row["resumed_from_trial"] == trial_id and row["config"] == prev["config"]
+
+
 def own_checkpoint_restarts(rows: list[dict], trial_id: str) -> int:
     """How often a trial went on from its own checkpoint: after a pause (or a retry)."""
-    return sum((row["resumed_from"], row["resumed_from_trial"]) != (
-        prev["resumed_from"], prev["resumed_from_trial"]) and row["resumed_from_trial"] == trial_id
-        for prev, row in itertools.pairwise(rows))
+    return sum(went_on(prev, row, trial_id) for prev, row in restarts(rows))
 
 
 def assert_every_epoch_kept(rows: list[dict], trial_id: str) -> None:
-    """(f) Rows run on from epoch 1; a restart (a new resumed_from or resumed_from_trial)
-    continues at its checkpoint's epoch + 1, which is the last row's epoch unless the checkpoint
-    is another trial's (a PBT exploit clones the other trial's epoch too)."""
+    """(f) Rows run on from epoch 1; a restart continues at its checkpoint's epoch + 1, which is
+    the last row's epoch when the trial went on from its own checkpoint (a pause or a retry: no
+    epoch lost or trained twice); a PBT exploit continues from the cloned checkpoint's epoch."""
     assert rows and rows[0]["epoch"] == 1 and rows[0]["resumed_from"] == 0, (
         "(f) first row", trial_id, rows[:1])
     for prev, row in itertools.pairwise(rows):
-        where = ("(f) trial, previous epoch, epoch, resumed_from, resumed_from_trial", trial_id,
-                 prev["epoch"], row["epoch"], row["resumed_from"], row["resumed_from_trial"])
-        restarted = (row["resumed_from"], row["resumed_from_trial"]) != (
-            prev["resumed_from"], prev["resumed_from_trial"])
-        if not restarted:
+        where = ("(f) trial, previous epoch, epoch, resumed_from, resumed_from_trial, "
+                 "iterations_since_restore", trial_id, prev["epoch"], row["epoch"],
+                 row["resumed_from"], row["resumed_from_trial"], row["iterations_since_restore"])
+        if row["iterations_since_restore"] != 1:  # the same start: the next epoch
             assert row["epoch"] == prev["epoch"] + 1, where
+            assert (row["resumed_from"], row["resumed_from_trial"]) == (
+                prev["resumed_from"], prev["resumed_from_trial"]), where
             continue
         assert row["epoch"] == row["resumed_from"] + 1, where
-        if row["resumed_from_trial"] == trial_id:  # its own checkpoint: no epoch lost between
+        if went_on(prev, row, trial_id):
             assert row["resumed_from"] == prev["epoch"], where
 
 
