@@ -48,6 +48,7 @@ from tuner.running.trial import (
     forward_report,
     infeasible_values,
     node_name,
+    quiet_termination,
     recipe_from_config,
 )
 
@@ -203,6 +204,7 @@ def run_dp_trial(config: dict[str, Any], data_ref: list | None = None,
     a pause or a retry, another trial's after a PBT exploit), and rank 0's row of every epoch,
     with rank 0's checkpoint, becomes the trial's Tune result and Tune checkpoint
     (``forward_report``), so PBT and HyperBand pause, resume and clone it like any trial."""
+    quiet_termination()
     context = tune.get_context()
     trial_id = context.get_trial_id()
     loop_config = {"config": config, "data_ref": data_ref, "options": options or TrialOptions(),
@@ -316,6 +318,7 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    quiet_termination()
     options: TrialOptions = cfg["options"]
     recipe = recipe_from_config(cfg["config"])
     check_runnable(recipe.model, recipe.pretrained, download=recipe.download, node=node_name())
