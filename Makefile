@@ -45,7 +45,7 @@ lint: $(STAMP)
 # the default run. gpu_throughput and gpu_packing need CUDA: run them by hand.
 BENCH_OUT ?= runs/bench-cpu.jsonl
 BENCH_CPU  = trial_overhead augment search_efficiency concurrency short_trials time_to_accuracy \
-             profile_default
+             profile_default memory_format
 
 bench: $(STAMP)
 	$(PY) -c 'import optuna' 2>/dev/null || $(PY) -m pip install -q 'optuna>=3.0'

@@ -228,6 +228,7 @@ def test_quick_preset_is_the_documented_budget():
     space = load_space("quick")
     assert space.fixed["dataset"] == "digits" and space.fixed["epochs"] == 12
     assert space.fixed["width"] == 16 and space.fixed["optimizer"] == "nesterov"
+    assert space.fixed["channels_last"] is True  # 1.5x faster CPU epochs, same model
     assert space.tuned["batch_size"].values == (64, 128)
     assert set(space.tuned["lr_schedule"].values) == {"onecycle", "cosine"}
     # every range holds the knob catalog's default
