@@ -337,8 +337,9 @@ DP_SAMPLES, DP_EPOCHS = 4, 3
 # PBT perturbs every epoch but the last. On 2 CPUs one 2-worker trial trains at a time and two
 # trials take turns, so a trial is exploited only when it reports below the other's last score;
 # with 3 epochs (2 perturbations each) two trials whose scores leapfrog upwards see none, a few
-# runs in a hundred by a rough estimate (the likely cause of this test's one CI failure, whose
-# message the log lost). A 4th epoch adds two more chances per pair.
+# runs in a hundred by a rough estimate. A 4th epoch adds two more chances per pair. (Of this
+# test's two CI failures, the one whose message the log kept was check (f) misreading two
+# restarts from the same checkpoint as one: fixed in assert_every_epoch_kept.)
 DP_PBT_EPOCHS = 4
 
 
