@@ -33,15 +33,25 @@ _REAL_STDOUT_FD: int | None = None
 
 
 def cpu_model() -> str:
-    """The CPU model name as lscpu / /proc/cpuinfo give it."""
+    """The CPU model name as /proc/cpuinfo gives it, with its family and model numbers: a KVM
+    guest may name only "AMD EPYC", and a Zen 3 (family 25) and a Zen 5 (family 26) differ
+    2.8x in the default run's epoch time (BENCHMARKS.md)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                key = key.strip().lower()
+                if key in ("model name", "cpu family", "model") and key not in fields:
+                    fields[key] = value.strip()
+                if not line.strip() and fields:  # the first processor's block is enough
+                    break
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']} model {fields['model']})"
+    return name
 
 
 def machine() -> dict[str, Any]:
