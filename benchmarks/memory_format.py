@@ -39,10 +39,11 @@ def parse_args() -> argparse.Namespace:
 
 def measure(fmt: torch.memory_format, args: argparse.Namespace) -> tuple[float, float]:
     """Seconds per training step and per evaluation forward, ``args.steps`` each."""
-    from trainables.small_models import SimpleCNN
+    from trainables.models import build_model
 
-    torch.manual_seed(0)
-    model = SimpleCNN(in_channels=1, num_classes=10, width=args.width).to(memory_format=fmt)
+    torch.manual_seed(0)  # the registry's model, as the training loop builds it
+    model = build_model("simple_cnn", in_channels=1, num_classes=10, width=args.width)
+    model = model.to(memory_format=fmt)
     x = torch.randn(args.batch_size, 1, args.image_size, args.image_size)
     x = x.contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (args.batch_size,))
