@@ -173,3 +173,88 @@ def trial_results(path: str) -> list[dict[str, Any]]:
             if line.strip():
                 rows.append(json.loads(line))
     return rows
+
+
+def _proc_cpu(pid: int, tick: float) -> tuple[int, float] | None:
+    """(parent pid, user + system CPU seconds) of a live process, from /proc (Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()  # after the command name, which may hold spaces
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / tick
+
+
+def _role(pid: int) -> str:
+    """What a process under the driver is: Ray's raylet or GCS, a Ray worker, or another."""
+    if pid == os.getpid():
+        return "driver"
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "ray_other"
+    argv = cmd.split(" ")
+    if os.path.basename(argv[0]) in ("raylet", "gcs_server"):
+        return os.path.basename(argv[0])
+    if argv[0].endswith("Agent"):  # ray::DashboardAgent, ray::RuntimeEnvAgent
+        return "ray_other"
+    if argv[0].startswith("ray::") or any(a.endswith("default_worker.py") for a in argv[1:3]):
+        return "ray_workers"  # an idle worker or an actor (a trial), or one not yet named
+    return "ray_other"
+
+
+class TreeCPU:
+    """CPU seconds spent by this process and every process under it (Ray's raylet and GCS, its
+    workers, its agents) while the ``with`` block runs, summed by ``_role``. A thread samples
+    /proc every ``interval`` s and keeps each process's last reading, so one that exits in the
+    block counts up to its last sample. ``.seconds`` after the block; Linux only ({} elsewhere)."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.interval, self.seconds = interval, {}
+        self._first: dict[int, float] = {}
+        self._last: dict[int, tuple[str, float]] = {}
+        self._stop = None
+
+    def _sample(self, tick: float) -> None:
+        procs = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and (got := _proc_cpu(int(entry), tick)) is not None:
+                procs[int(entry)] = got
+        mine, frontier = {os.getpid()}, [os.getpid()]
+        while frontier:
+            parent = frontier.pop()
+            kids = [p for p, (ppid, _) in procs.items() if ppid == parent and p not in mine]
+            mine.update(kids)
+            frontier.extend(kids)
+        for pid in mine:
+            role = self._last[pid][0] if pid in self._last else _role(pid)
+            self._last[pid] = (role, procs[pid][1])
+            self._first.setdefault(pid, procs[pid][1] if self._stop is None else 0.0)
+
+    def __enter__(self) -> TreeCPU:
+        import threading
+
+        if not os.path.isdir("/proc"):
+            return self
+        tick = os.sysconf("SC_CLK_TCK")
+        self._sample(tick)  # the baseline: what each live process had spent before the block
+        self._stop = threading.Event()
+
+        def loop() -> None:
+            while not self._stop.wait(self.interval):
+                self._sample(tick)
+
+        self._thread = threading.Thread(target=loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._stop is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        self._sample(os.sysconf("SC_CLK_TCK"))
+        for pid, (role, cpu) in self._last.items():
+            self.seconds[role] = self.seconds.get(role, 0.0) + cpu - self._first[pid]
