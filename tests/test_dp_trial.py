@@ -20,6 +20,17 @@ def _validate(**settings):
     RunSettings(space=space.to_dict(), **settings).validate(space)
 
 
+def test_the_controller_polls_its_workers_often_unless_the_user_says_otherwise():
+    from ray.train.v2._internal.constants import HEALTH_CHECK_INTERVAL_S_ENV_VAR as POLL
+
+    from tuner.running.dp_trial import HEALTH_CHECK_INTERVAL_S, controller_env
+
+    env = controller_env({"KEPT": "1"})
+    assert env["KEPT"] == "1" and float(env[POLL]) == HEALTH_CHECK_INTERVAL_S < 2
+    assert env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
+    assert controller_env({POLL: "3"})[POLL] == "3"  # the user's exported value is propagated
+
+
 def test_several_gpus_per_trial_points_at_workers_per_trial():
     with pytest.raises(ConfigError, match="gpus_per_trial: .*set workers_per_trial") as e:
         _validate(gpus_per_trial=2)

@@ -60,6 +60,33 @@ _ABORTED: set[str] = set()
 # and one byte of memory because Ray refuses an empty reservation.
 DRIVER_BUNDLE = {"CPU": 0, "memory": 1}
 
+# How often the controller polls its workers (Ray Train's RAY_TRAIN_HEALTH_CHECK_INTERVAL_S,
+# 2 s by default). Each step of a fit (group started, epochs running, group done) waits for a
+# poll, so at 2 s a short trial idles seconds between them: the data-parallel fifo contract
+# test (4 trials of 3 epochs, 2 CPUs) took 164 s at 0.5 against 186 s at 2 (BENCHMARKS.md,
+# section 7). A user's own setting, exported before Ray starts, wins.
+HEALTH_CHECK_INTERVAL_S = 0.5
+
+
+def controller_env(env_vars: dict[str, str]) -> dict[str, str]:
+    """The environment of a trial's TrainController: Ray Train's propagated variables
+    (``env_vars``) with our defaults where the user set nothing."""
+    from ray.train.v2._internal.constants import (
+        DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE,
+        ENABLE_PREEMPTION_WATCHER_ENV_VAR,
+        HEALTH_CHECK_INTERVAL_S_ENV_VAR,
+        RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR,
+    )
+
+    env = dict(env_vars)
+    env.setdefault(RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR,
+                   DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE)
+    # no preemption watcher (an actor per fit, and an error line on the console at every
+    # start): a preempted node is a failed worker, resumed from the checkpoint
+    env.setdefault(ENABLE_PREEMPTION_WATCHER_ENV_VAR, "0")
+    env.setdefault(HEALTH_CHECK_INTERVAL_S_ENV_VAR, str(HEALTH_CHECK_INTERVAL_S))
+    return env
+
 
 def trial_resources() -> Any:
     """The Tune reservation of a data-parallel trial (its workers reserve their own)."""
@@ -149,12 +176,7 @@ def _torch_trainer_cls() -> type:
     from ray.train.v2._internal.callbacks.placement_group_callback import (
         PlacementGroupCleanerCallback,
     )
-    from ray.train.v2._internal.constants import (
-        DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE,
-        ENABLE_PREEMPTION_WATCHER_ENV_VAR,
-        RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR,
-        get_env_vars_to_propagate,
-    )
+    from ray.train.v2._internal.constants import get_env_vars_to_propagate
     from ray.train.v2._internal.execution.controller import TrainController
 
     class TrialTorchTrainer(TorchTrainer):
@@ -172,12 +194,7 @@ def _torch_trainer_cls() -> type:
                     if not isinstance(c, PlacementGroupCleanerCallback)]
 
         def _initialize_and_run_controller(self, **controller_init_kwargs: Any) -> Any:
-            env_vars = get_env_vars_to_propagate()
-            env_vars.setdefault(RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR,
-                                DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE)
-            # no preemption watcher (an actor per fit, and an error line on the console at
-            # every start): a preempted node is a failed worker, resumed from the checkpoint
-            env_vars.setdefault(ENABLE_PREEMPTION_WATCHER_ENV_VAR, "0")
+            env_vars = controller_env(get_env_vars_to_propagate())
             node = {ray._raylet.RAY_NODE_ID_KEY: ray.get_runtime_context().get_node_id()}
             cls = ray.remote(num_cpus=0, label_selector=node,
                              runtime_env={"env_vars": env_vars})(TrainController)
