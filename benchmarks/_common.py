@@ -192,10 +192,9 @@ def _role(pid: int) -> str:
         return "driver"
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            argv = f.read().decode(errors="replace").split("\0")
     except OSError:
         return "ray_other"
-    argv = cmd.split(" ")
     if os.path.basename(argv[0]) in ("raylet", "gcs_server"):
         return os.path.basename(argv[0])
     if argv[0].endswith("Agent"):  # ray::DashboardAgent, ray::RuntimeEnvAgent
@@ -217,21 +216,21 @@ class TreeCPU:
         self._last: dict[int, tuple[str, float]] = {}
         self._stop = None
 
-    def _sample(self, tick: float) -> None:
-        procs = {}
+    def _sample(self, tick: float, baseline: bool = False) -> None:
+        """Read every process under this one; the ``baseline`` reading is what each had spent
+        before the block (a process first seen later started in it: from 0)."""
+        cpu, children = {}, {}
         for entry in os.listdir("/proc"):
             if entry.isdigit() and (got := _proc_cpu(int(entry), tick)) is not None:
-                procs[int(entry)] = got
-        mine, frontier = {os.getpid()}, [os.getpid()]
+                ppid, cpu[int(entry)] = got
+                children.setdefault(ppid, []).append(int(entry))
+        frontier = [os.getpid()]
         while frontier:
-            parent = frontier.pop()
-            kids = [p for p, (ppid, _) in procs.items() if ppid == parent and p not in mine]
-            mine.update(kids)
-            frontier.extend(kids)
-        for pid in mine:
+            pid = frontier.pop()
+            frontier.extend(children.get(pid, []))
             role = self._last[pid][0] if pid in self._last else _role(pid)
-            self._last[pid] = (role, procs[pid][1])
-            self._first.setdefault(pid, procs[pid][1] if self._stop is None else 0.0)
+            self._last[pid] = (role, cpu[pid])
+            self._first.setdefault(pid, cpu[pid] if baseline else 0.0)
 
     def __enter__(self) -> TreeCPU:
         import threading
@@ -239,7 +238,7 @@ class TreeCPU:
         if not os.path.isdir("/proc"):
             return self
         tick = os.sysconf("SC_CLK_TCK")
-        self._sample(tick)  # the baseline: what each live process had spent before the block
+        self._sample(tick, baseline=True)
         self._stop = threading.Event()
 
         def loop() -> None:

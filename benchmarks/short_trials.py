@@ -28,7 +28,6 @@ raylet, GCS and other agents; its workers, where the trials run), read from /pro
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from typing import Any
@@ -38,6 +37,7 @@ from _common import (
     Timer,
     TreeCPU,
     emit,
+    median,
     quiet_optuna,
     ray_local,
     stdout_to_stderr,
@@ -109,8 +109,7 @@ def core_seconds(wall: float, trial_s: list[float], epochs_s: list[float],
     offered, in_trials, epochs = cores * wall, sum(trial_s), sum(epochs_s)
     return {"core_s": offered, "in_trials_s": in_trials, "epochs_s": epochs,
             "in_trials_not_epochs_s": in_trials - epochs, "outside_trials_s": offered - in_trials,
-            "trial_s_median": statistics.median(trial_s),
-            "epoch_s_median": statistics.median(epochs_s),
+            "trial_s_median": median(trial_s), "epoch_s_median": median(epochs_s),
             "outside_trials_per_trial_s": (offered - in_trials) / len(trial_s)}
 
 
