@@ -87,7 +87,8 @@ def test_confirm_retrains_the_top_trials_and_rewrites_the_best(lr_experiment, tm
     table = pd.read_csv(exp / "confirm.csv", dtype={"trial_id": str})
     runs = pd.read_csv(exp / "confirm_runs.csv", dtype={"trial_id": str})
     finished = trials[trials["stop_reason"].isin(["completed", "early_stopped"])]
-    top3 = finished.sort_values("val_acc", ascending=False, kind="stable").head(3)
+    top3 = finished.sort_values(["val_acc", "val_loss"], ascending=[False, True],
+                                kind="stable").head(3)  # ties: the lower val_loss
     assert set(table["trial_id"]) == set(top3["trial_id"]) and list(table["rank"]) == [1, 2, 3]
     assert table["mean"].is_monotonic_decreasing
     assert (table["ci_low"] <= table["mean"]).all() and (table["mean"] <= table["ci_high"]).all()

@@ -142,10 +142,12 @@ MAX_PAGE_BYTES = 1_500_000
 
 
 def expected_ranking(trials: pd.DataFrame, best: str) -> list[str]:
-    """Written independently of the report: best first, then by val_acc (max); errored,
-    non-finite and infeasible trials after every other."""
+    """Written independently of the report: best first, then by val_acc (max), ties by
+    val_loss (min); errored, non-finite and infeasible trials after every other."""
     ok = trials["val_acc"].notna() & ~trials["status"].isin(UNRANKED)
-    ids = [*trials[ok].sort_values("val_acc", ascending=False, kind="stable")["trial_id"],
+    by_acc = trials[ok].sort_values(["val_acc", "val_loss"], ascending=[False, True],
+                                    kind="stable")
+    ids = [*by_acc["trial_id"],
            *trials.loc[~ok, "trial_id"]]
     return [best, *(t for t in ids if t != best)]
 

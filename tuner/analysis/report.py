@@ -30,7 +30,7 @@ from tuner.analysis.confirm import confirm_html, load_confirm
 from tuner.analysis.importance import Importance, knob_importance
 from tuner.analysis.live_trials import epoch_records
 from tuner.running import storage
-from tuner.running.results import BEST_RECIPE, RESULTS_CSV, load_results
+from tuner.running.results import BEST_RECIPE, RESULTS_CSV, best_first, load_results
 from tuner.running.settings import RunSettings
 from tuner.running.storage import check_folder_target
 
@@ -138,7 +138,7 @@ def rank_trials(exp: Experiment) -> Ranking:
     best = exp.summary.get("best_trial")
     best = str(best) if best is not None else None
     ok = df[s.metric].notna() & ~df["status"].isin(UNRANKED)
-    by_metric = df[ok].sort_values(s.metric, ascending=s.mode == "min", kind="stable")
+    by_metric = best_first(df[ok], s.metric, s.mode)
     ids = [*by_metric["trial_id"], *df.loc[~ok, "trial_id"]]
     if best in ids:
         ids.remove(best)

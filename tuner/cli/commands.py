@@ -192,11 +192,11 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from tuner.running.results import load_results
+    from tuner.running.results import best_first, load_results
 
     df, summary = load_results(args.path)
     metric, mode = summary["metric"], summary["mode"]
-    top = df.sort_values(metric, ascending=mode == "min").head(args.top)
+    top = best_first(df, metric, mode).head(args.top)
     from trainables.recipe import KNOBS
 
     tuned = [c for c in df.columns if c in KNOBS and df[c].nunique(dropna=True) > 1]

@@ -37,7 +37,7 @@ from trainables.errors import ConfigError
 from trainables.recipe import KNOBS, Recipe
 from tuner.running import storage
 from tuner.running.repeats import t_interval, train_all
-from tuner.running.results import BEST_RECIPE, SUMMARY, candidates, load_results
+from tuner.running.results import BEST_RECIPE, SUMMARY, best_first, candidates, load_results
 from tuner.running.settings import check_confirm, check_resources
 
 if TYPE_CHECKING:
@@ -86,10 +86,9 @@ def trial_recipe(row: pd.Series) -> Recipe:
 
 
 def top_trials(df: pd.DataFrame, metric: str, mode: str, top: int) -> pd.DataFrame:
-    """The best ``top`` candidates by their single run, best first (ties keep the table order,
-    as ``pick_best`` does)."""
-    pool = candidates(df, metric)
-    return pool.sort_values(metric, ascending=mode == "min", kind="stable").head(top)
+    """The best ``top`` candidates by their single run, best first (ties broken as
+    ``pick_best`` does)."""
+    return best_first(candidates(df, metric), metric, mode).head(top)
 
 
 def rank_recipes(runs: pd.DataFrame, top: pd.DataFrame, metric: str, mode: str,
