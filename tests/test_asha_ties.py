@@ -69,6 +69,8 @@ def test_without_a_finite_pair_or_the_metric_the_result_is_unchanged(result):
     assert tie_broken(result, "val_acc", "max") is result
 
 
-def test_a_metric_without_a_pair_is_unchanged():
-    result = {"images_per_s": 900.0, "val_loss": 0.1}
+def test_a_metric_without_a_pair_or_a_number_is_unchanged():
+    result = {"images_per_s": 900.0, "val_loss": 0.1, "val_acc": "n/a"}
     assert tie_broken(result, "images_per_s", "max") is result
+    assert tie_broken(result, "val_acc", "max") is result  # not a number: Ray's to judge
+    assert tie_broken(result, None, "max") is result  # no metric set yet

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from numbers import Real
 from typing import TYPE_CHECKING, Any
 
 from ray.tune.schedulers import (
@@ -87,9 +88,10 @@ def tie_broken(result: dict, metric: str, mode: str) -> dict:
     """``result`` with ``metric`` nudged by its pair (``results.tie_break``: val_acc by
     val_loss) by less than one validation image is worth, so trials tied on ``metric`` rank
     by the pair and no others change order. The original is not modified."""
-    pair = tie_break(metric)
+    pair = tie_break(metric) if metric else None
     value, other = result.get(metric), result.get(pair[0]) if pair else None
-    if pair is None or value is None or other is None or not math.isfinite(other):
+    if pair is None or not isinstance(value, Real) or not isinstance(other, Real) \
+            or not math.isfinite(other):
         return result
     same_way = (pair[1] == "min") == (mode == "min")
     nudge = TIE_BREAK_WEIGHT * max(-TIE_BREAK_CLIP, min(TIE_BREAK_CLIP, float(other)))
