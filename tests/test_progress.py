@@ -257,3 +257,20 @@ def test_a_real_run_shows_the_view_within_columns(ray_local, tmp_path, capfd, mo
     assert "\x1b" not in out and "\r" not in out
     assert "Current best trial" not in out and "Result logdir" not in out
     assert "Trial Status" not in out  # Ray's table
+
+
+def test_the_best_among_trials_tied_on_the_metric_is_the_one_the_final_pick_would_take():
+    # val_acc ties (one image of 144 is 0.7 points): the lower val_loss is the best, as
+    # results.pick_best breaks them; a trial without the pair comes after those with it
+    trials = [_trial(0, "RUNNING", 6, 0.993, val_loss=0.04), _trial(1, "RUNNING", 6, 0.993),
+              _trial(2, "RUNNING", 6, 0.993, val_loss=0.02), _trial(3, "RUNNING", 6, 0.986,
+                                                                    val_loss=0.01)]
+    s = run_stats(trials, total_trials=4, max_epochs=12, metric="val_acc", mode="max",
+                  elapsed_s=10.0)
+    assert s.best is trials[2] and s.running == [trials[2], trials[0], trials[1], trials[3]]
+    # a loss metric's ties go to the higher accuracy
+    losses = [_trial(0, "RUNNING", 6, 0.97, val_loss=0.1), _trial(1, "RUNNING", 6, 0.99,
+                                                                 val_loss=0.1)]
+    s = run_stats(losses, total_trials=2, max_epochs=12, metric="val_loss", mode="min",
+                  elapsed_s=10.0)
+    assert s.best is losses[1] and s.running == [losses[1], losses[0]]

@@ -19,6 +19,7 @@ pickled.
 from __future__ import annotations
 
 import atexit
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from tuner.running.results import tie_break
 from tuner.running.settings import RunSettings
 
 TTY_EVERY_S = 2.0  # redraws on a terminal, at most
@@ -125,18 +127,30 @@ def run_stats(trials: Sequence[Any], *, total_trials: int, max_epochs: int, metr
     eta = remaining / rate if rate else (0.0 if remaining == 0 else None)
     counts = {s: sum(t.status == s for t in trials) for s in STATUSES}
     counts["PENDING"] += total_trials - len(trials)  # not yet suggested by the searcher
-    sign = 1 if mode == "max" else -1
+    rank = _rank(metric, mode)
     scored = [t for t in trials if _metric(t, metric) is not None]
-    best = max(scored, key=lambda t: sign * _metric(t, metric)) if scored else None
-
-    def rank(t: Any) -> tuple[bool, float]:  # best metric first, trials without one last
-        value = _metric(t, metric)
-        return value is None, -sign * (value or 0.0)
-
+    best = min(scored, key=rank) if scored else None
     running = sorted((t for t in trials if t.status == "RUNNING"), key=rank)
     return RunStats(budget=total_trials * max_epochs, used=used, freed=freed, expected=expected,
                     elapsed_s=elapsed_s, rate=rate, eta_s=eta, counts=counts, best=best,
                     running=running)
+
+
+def _rank(metric: str, mode: str) -> Callable[[Any], tuple[bool, float, float]]:
+    """A sort key, best trial first: by ``metric``, ties by its pair as the final pick breaks
+    them (``results.tie_break``: val_acc ties by the lower val_loss), trials without the metric
+    last."""
+    sign = 1 if mode == "max" else -1
+    pair = tie_break(metric)
+
+    def key(t: Any) -> tuple[bool, float, float]:
+        value = _metric(t, metric)
+        other = _metric(t, pair[0]) if pair else None
+        other_sign = -1 if pair and pair[1] == "max" else 1
+        return (value is None, -sign * (value or 0.0),
+                math.inf if other is None or math.isnan(other) else other_sign * other)
+
+    return key
 
 
 def device_kind(gpus_per_trial: float) -> str:
