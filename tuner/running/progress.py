@@ -142,13 +142,13 @@ def _rank(metric: str, mode: str) -> Callable[[Any], tuple[bool, float, float]]:
     last."""
     sign = 1 if mode == "max" else -1
     pair = tie_break(metric)
+    pair_sign = -1 if pair and pair[1] == "max" else 1
 
     def key(t: Any) -> tuple[bool, float, float]:
         value = _metric(t, metric)
         other = _metric(t, pair[0]) if pair else None
-        other_sign = -1 if pair and pair[1] == "max" else 1
         return (value is None, -sign * (value or 0.0),
-                math.inf if other is None or math.isnan(other) else other_sign * other)
+                pair_sign * other if other is not None and math.isfinite(other) else math.inf)
 
     return key
 
