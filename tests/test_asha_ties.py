@@ -1,19 +1,27 @@
-"""ASHA's rungs break ties on the metric by its pair (val_acc by val_loss), as the final pick
-does (tests/test_results.py). Unit tests feed the scheduler synthetic results, beside Ray's own
-AsyncHyperBandScheduler fed the same; the contract suite runs it through real Ray Tune."""
+"""ASHA's rungs and HyperBand's halvings break ties on the metric by its pair (val_acc by
+val_loss), as the final pick does (tests/test_results.py). Unit tests feed the scheduler
+synthetic results, beside Ray's own scheduler fed the same; the contract suite runs both
+through real Ray Tune."""
 
 import math
 
 import pytest
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
-from tuner.running.schedulers import ASHA, TIE_BREAK_CLIP, TIE_BREAK_WEIGHT, tie_broken
+from tuner.running.hyperband import FilledHyperBand
+from tuner.running.schedulers import (
+    ASHA,
+    TIE_BREAK_CLIP,
+    TIE_BREAK_WEIGHT,
+    HyperBand,
+    tie_broken,
+)
 
-CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
+CONTINUE, STOP, PAUSE = TrialScheduler.CONTINUE, TrialScheduler.STOP, TrialScheduler.PAUSE
 
 
 class FakeTrial:
-    """What ASHA uses of a Ray Trial: its id."""
+    """What ASHA uses of a Ray Trial: its id (HyperBand also reads status and is_saving)."""
 
     def __init__(self, trial_id):
         self.trial_id = trial_id
@@ -74,3 +82,42 @@ def test_a_metric_without_a_pair_or_a_number_is_unchanged():
     assert tie_broken(result, "images_per_s", "max") is result
     assert tie_broken(result, "val_acc", "max") is result  # not a number: Ray's to judge
     assert tie_broken(result, None, "max") is result  # no metric set yet
+
+
+class FakeController:
+    """What HyperBand's halving uses of Tune's controller: stopping a paused trial."""
+
+    def __init__(self):
+        self.stopped = []
+
+    def stop_trial(self, trial):
+        self.stopped.append(trial.trial_id)
+
+
+def hyperband_halving(cls, losses):
+    """Nine trials in HyperBand's first bracket (max_t 9, eta 3: a milestone at epoch 1),
+    each reporting val_acc 1.0 with its loss at epoch 1, in order; the ids the halving kept."""
+    s = cls(metric="val_acc", mode="max", time_attr="training_iteration", max_t=9,
+            reduction_factor=3, num_trials=len(losses))
+    controller, trials = FakeController(), []
+    for i in range(len(losses)):
+        trial = FakeTrial(f"t{i}")
+        trial.status, trial.is_saving = "PENDING", False
+        s.on_trial_add(controller, trial)
+        trials.append(trial)
+    for trial, loss in zip(trials, losses, strict=True):
+        trial.status = "RUNNING"
+        action = s.on_trial_result(controller, trial, {"training_iteration": 1,
+                                                       "val_acc": 1.0, "val_loss": loss})
+        trial.status = "PAUSED" if action == PAUSE else trial.status
+        if action == STOP:  # the trial that reported last, if the halving dropped it
+            controller.stopped.append(trial.trial_id)
+    assert len(controller.stopped) == 6  # 9 -> ceil(9 / 3)
+    return {t.trial_id for t in trials} - set(controller.stopped)
+
+
+def test_hyperbands_halving_keeps_the_lowest_val_loss_among_trials_tied_on_val_acc():
+    losses = [0.05, 0.10, 0.15, 0.50, 0.60, 0.70, 0.80, 0.90, 0.95]
+    assert hyperband_halving(HyperBand, losses) == {"t0", "t1", "t2"}
+    # FilledHyperBand alone (Ray's sort) keeps the tied trials it was given last
+    assert hyperband_halving(FilledHyperBand, losses) == {"t6", "t7", "t8"}

@@ -98,9 +98,26 @@ def tie_broken(result: dict, metric: str, mode: str) -> dict:
     return {**result, metric: value + nudge if same_way else value - nudge}
 
 
-class ASHA(SkipsInfeasible, AsyncHyperBandScheduler):
+class BreaksTies:
+    """Scheduler mixin (after ``SkipsInfeasible``): every result it judges carries the metric
+    tie-broken by its pair (``tie_broken``), so trials tied on the metric rank as the final
+    pick ranks them; the result Tune records is not changed."""
+
+    _metric: str | None
+    _mode: str | None
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        nudged = tie_broken(result, self._metric, self._mode)
+        return super().on_trial_result(tune_controller, trial, nudged)  # type: ignore[misc]
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        nudged = tie_broken(result, self._metric, self._mode) if result else result
+        super().on_trial_complete(tune_controller, trial, nudged)  # type: ignore[misc]
+
+
+class ASHA(SkipsInfeasible, BreaksTies, AsyncHyperBandScheduler):
     """Ray's AsyncHyperBandScheduler, blind to infeasible results, whose rungs break ties on
-    the metric by its pair, as the final pick does (``tie_broken``).
+    the metric by its pair, as the final pick does (``BreaksTies``).
 
     Ray continues a trial unless its value is below the rung's cut-off, a percentile of the
     values recorded there; when most trials reach val_acc 1.0 of 144 validation images, the
@@ -113,18 +130,16 @@ class ASHA(SkipsInfeasible, AsyncHyperBandScheduler):
     run's pick tested 0.9833, 0.9777, 0.9916: at epoch 2 a digits trial's val_acc is too
     noisy to be that strict with 16 trials."""
 
-    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        return super().on_trial_result(tune_controller, trial,
-                                       tie_broken(result, self._metric, self._mode))
 
-    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
-        super().on_trial_complete(tune_controller, trial,
-                                  tie_broken(result, self._metric, self._mode) if result
-                                  else result)
+class HyperBand(SkipsInfeasible, BreaksTies, FilledHyperBand):
+    """FilledHyperBand (tuner.running.hyperband), blind to infeasible results; a bracket's
+    halving keeps, among trials tied on the metric, those its pair ranks first
+    (``BreaksTies``), where Ray's sort kept the ones added last.
 
-
-class HyperBand(SkipsInfeasible, FilledHyperBand):
-    """FilledHyperBand (tuner.running.hyperband), blind to infeasible results."""
+    The median-stopping rule does not break ties: a trial stops there only when its best is
+    strictly worse than the others' median, so tied trials go on, and ranking them by
+    val_loss at every epoch after the grace period would stop half of a saturated field each
+    epoch, a different rule that nothing here has measured."""
 
 
 def _fifo(max_epochs: int, opts: SchedulerOptions, space: SearchSpace,
