@@ -134,12 +134,7 @@ class ASHA(SkipsInfeasible, BreaksTies, AsyncHyperBandScheduler):
 class HyperBand(SkipsInfeasible, BreaksTies, FilledHyperBand):
     """FilledHyperBand (tuner.running.hyperband), blind to infeasible results; a bracket's
     halving keeps, among trials tied on the metric, those its pair ranks first
-    (``BreaksTies``), where Ray's sort kept the ones added last.
-
-    The median-stopping rule does not break ties: a trial stops there only when its best is
-    strictly worse than the others' median, so tied trials go on, and ranking them by
-    val_loss at every epoch after the grace period would stop half of a saturated field each
-    epoch, a different rule that nothing here has measured."""
+    (``BreaksTies``), where Ray's sort kept the ones added last."""
 
 
 def _fifo(max_epochs: int, opts: SchedulerOptions, space: SearchSpace,
@@ -169,6 +164,11 @@ class StepMedianStoppingRule(SkipsInfeasible, MedianStoppingRule):
     almost nothing stops (measured in the contract suite: 55 of 72 trial-epochs used, trials
     ending at 0.76 val_acc beside ones at 0.97 ran to the end). This overrides the private
     ``_running_mean`` of Ray 2.60's MedianStoppingRule (the hook its rule reads).
+
+    Ties are not broken (no ``BreaksTies``): a trial stops only when its best is strictly
+    worse than the others' median, so tied trials go on; ranking them by val_loss at every
+    epoch after the grace period would stop half of a saturated field each epoch, a different
+    rule that nothing here has measured.
     """
 
     def _running_mean(self, trial: Any, time: float) -> float:
