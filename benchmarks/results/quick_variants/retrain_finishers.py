@@ -19,6 +19,7 @@ finisher the pick rule in use (`tuner.running.results.best_first`) would choose 
 prints that summary line again from the trial lines of an earlier output.
 """
 
+import argparse
 import json
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -80,27 +81,25 @@ def summary(rows: list[dict]) -> dict:
 
 
 def main() -> None:
-    args = sys.argv[1:]
-    if args[0] == "--summary":
-        lines = [json.loads(line) for line in Path(args[1]).read_text().splitlines()]
+    if sys.argv[1:2] == ["--summary"]:
+        lines = [json.loads(line) for line in Path(sys.argv[2]).read_text().splitlines()]
         print(json.dumps({"summary": summary([r for r in lines if "trial" in r])}))
         return
-    workers = 2
-    if "--workers" in args:
-        i = args.index("--workers")
-        workers = int(args[i + 1])
-        del args[i:i + 2]
-    root, prefixes, assignment = Path(args[0]), args[1].split(","), args[2]
-    knob, _, text = assignment.partition("=")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("storage", type=Path)
+    parser.add_argument("prefixes", help="comma-separated experiment name prefixes")
+    parser.add_argument("assignment", metavar="KNOB=VALUE")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    knob, _, text = args.assignment.partition("=")
     value = yaml.safe_load(text)
-    jobs = [(*f, knob, value) for f in finishers(root, prefixes)]
+    jobs = [(*f, knob, value) for f in finishers(args.storage, args.prefixes.split(","))]
     rows = []
-    with ProcessPoolExecutor(workers) as pool:
+    with ProcessPoolExecutor(args.workers) as pool:
         for row in pool.map(retrain, jobs):
             rows.append(row)
             print(json.dumps(row), flush=True)
     print(json.dumps({"summary": summary(rows), "changed": {knob: value}}))
-
 
 if __name__ == "__main__":
     main()
