@@ -3,7 +3,7 @@
 Four searches of the same space with the same ``--num-samples`` and ``--max-epochs``, each
 repeated over ``--seeds``:
 
-* tpe_asha: ``tuner.tune`` with hyperopt TPE and ASHA (the product's default; grace 2 epochs,
+* tpe_asha: ``tuner.tune`` with hyperopt TPE and ASHA (the product's default; grace 1 epoch,
   reduction factor 3, or ``--grace-period`` / ``--reduction-factor``);
 * random_full: random search, no early stopping (fifo);
 * tpe_full: TPE, no early stopping;
@@ -59,7 +59,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-epochs", type=int, default=12)
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
     p.add_argument("--grace-period", type=int, default=None,
-                   help="ASHA / successive halving grace (default: tuner's, 2 epochs)")
+                   help="ASHA / successive halving grace (default: tuner's ASHA, 1 epoch)")
     p.add_argument("--reduction-factor", type=float, default=None,
                    help="ASHA / successive halving reduction factor (default: tuner's, 3)")
     p.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
@@ -72,11 +72,11 @@ def parse_args() -> argparse.Namespace:
 
 def scheduler_options(args: argparse.Namespace) -> Any:
     """The tuner's SchedulerOptions, with --grace-period / --reduction-factor on top."""
-    from tuner.running.schedulers import SchedulerOptions
+    from tuner.running.schedulers import ASHA_GRACE, SchedulerOptions
 
     defaults = SchedulerOptions()
     return SchedulerOptions(
-        grace_period=args.grace_period or defaults.grace_period,
+        grace_period=args.grace_period or defaults.grace(args.max_epochs, ASHA_GRACE),
         reduction_factor=args.reduction_factor or defaults.reduction_factor)
 
 

@@ -9,7 +9,7 @@ default, ...):
   --seed SEED``;
 * raw_ray: a plain Ray Tune script as a user writes it: ``ray.init(address="local")``,
   ``tune.Tuner`` over a function trainable, HyperOptSearch (``--trials // 4`` start-up points,
-  at least 4) behind a ``ConcurrencyLimiter`` of 2, ASHA (grace 2 epochs, reduction factor 3,
+  at least 4) behind a ``ConcurrencyLimiter`` of 2, ASHA (grace 1 epoch, reduction factor 3,
   the product's rungs), one CPU per trial, the data passed with ``tune.with_parameters``;
 * optuna: Optuna in one process: TPE sampler (same start-up points), successive-halving pruner
   (same rungs), ``n_jobs=2`` threads, one torch thread each.
@@ -68,10 +68,12 @@ import torch.nn as nn
 from _bare import BareData, bare_train
 from _common import emit, mean, median, stdout_to_stderr, trial_results
 
+from tuner.running.schedulers import ASHA_GRACE
+
 TARGET_WALL_S = 30.0
 SUMMARY_LINE = re.compile(r"^\d+ trials: ")  # the first line of `cnn-tuner run`'s summary
 METHODS = ("default", "raw_ray", "optuna")
-GRACE_PERIOD, REDUCTION_FACTOR = 2, 3  # the product's ASHA rungs, for both baselines
+GRACE_PERIOD, REDUCTION_FACTOR = ASHA_GRACE, 3  # the product's ASHA rungs, for both baselines
 BASELINE_IMAGE_SIZE = 16  # digits are 8x8 scans: 16x16 loses nothing
 # The baselines' own space, plain data: (kind, arguments), converted for Ray Tune and Optuna below.
 BASELINE_SPACE: dict[str, tuple[str, Any]] = {

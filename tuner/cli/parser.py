@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="an existing Ray cluster ('auto' or host:port)")
     p.add_argument("--set", action="append", metavar="KNOB=VALUE", help="fix a knob (repeatable)")
     p.add_argument("--grace-period", type=int,
-                   help="epochs before ASHA/median may stop a trial (default: 2)")
+                   help="epochs before ASHA/median may stop a trial (default: 1 for "
+                   "asha, 2 for median and multi-objective asha)")
     p.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA/HyperBand eta")
     p.add_argument("--constraint", action="append", dest="constraints", metavar="METRIC<=N",
                    help="a limit on each trial's cost, repeatable: params, params_trainable, "

@@ -38,18 +38,24 @@ if TYPE_CHECKING:
     from tuner.running.pareto import Objective
 
 TIME_ATTR = "training_iteration"
+# ASHA's default first rung (Ray's default too). At epoch 2 instead, the quick preset's default
+# run used 86 trial-epochs against 56 at epoch 1 (seeds 4-7), search_efficiency 0.397 of the
+# budget against 0.283, with picks testing as well (BENCHMARKS.md section 3 and 10).
+ASHA_GRACE = 1
 
 
 @dataclass(frozen=True)
 class SchedulerOptions:
     """Knobs of the early-stopping schedulers; defaults suit 10-30 epoch budgets."""
 
-    grace_period: int | None = None  # None: 2 epochs, or max_epochs if that is smaller
+    grace_period: int | None = None  # None: asha 1 epoch (ASHA_GRACE); median and the
+    # multi-objective asha 2 epochs, or max_epochs if that is smaller
     reduction_factor: float = 3.0
     perturbation_interval: int = 4  # pbt: epochs between exploit/explore steps
 
-    def grace(self, max_epochs: int) -> int:
-        return min(2, max_epochs) if self.grace_period is None else self.grace_period
+    def grace(self, max_epochs: int, default: int = 2) -> int:
+        """The grace period given, else ``default`` epochs (at most max_epochs)."""
+        return min(default, max_epochs) if self.grace_period is None else self.grace_period
 
     def check(self, max_epochs: int) -> None:
         if self.grace_period is not None and self.grace_period < 1:
@@ -144,7 +150,8 @@ def _fifo(max_epochs: int, opts: SchedulerOptions, space: SearchSpace,
 
 def _asha(max_epochs: int, opts: SchedulerOptions, space: SearchSpace,
           num_trials: int) -> TrialScheduler:
-    return ASHA(time_attr=TIME_ATTR, max_t=max_epochs, grace_period=opts.grace(max_epochs),
+    return ASHA(time_attr=TIME_ATTR, max_t=max_epochs,
+                grace_period=opts.grace(max_epochs, ASHA_GRACE),
                 reduction_factor=opts.reduction_factor)
 
 
