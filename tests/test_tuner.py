@@ -195,6 +195,28 @@ def test_unknown_searcher_and_scheduler_list_valid_names():
         build_scheduler("asha", 10, SchedulerOptions(grace_period=20))
 
 
+@pytest.mark.parametrize(("name", "objectives", "first_rung"), [
+    ("asha", (), 1), ("median", (), 2), ("asha", ("val_acc:max", "params:min"), 2)])
+def test_default_grace_period_per_scheduler(name, objectives, first_rung):
+    """ASHA's first rung is at epoch 1 by default (Ray's default; BENCHMARKS.md section 10),
+    the median rule and the multi-objective ASHA wait 2 epochs; never past max_epochs; a given
+    grace period wins."""
+    from tuner.running.pareto import parse_objectives
+
+    def first(sched):
+        if hasattr(sched, "milestones"):  # the multi-objective ASHA
+            return min(sched.milestones)
+        if hasattr(sched, "_brackets"):
+            return min(m for m, _ in sched._brackets[0]._rungs)
+        return sched._grace_period
+
+    objs = parse_objectives(list(objectives)) if objectives else ()
+    assert first(build_scheduler(name, 12, objectives=objs)) == first_rung
+    assert first(build_scheduler(name, 1, objectives=objs)) == 1
+    assert first(build_scheduler(name, 12, SchedulerOptions(grace_period=4),
+                                 objectives=objs)) == 4
+
+
 def test_optuna_searcher_without_optuna_says_how_to_install(monkeypatch):
     from search_spaces import SearchSpace
 
