@@ -39,8 +39,8 @@ if TYPE_CHECKING:
 
 TIME_ATTR = "training_iteration"
 # ASHA's default first rung (Ray's default too). At epoch 2 instead, the quick preset's default
-# run used 86 trial-epochs against 56 at epoch 1 (seeds 4-7), search_efficiency 0.397 of the
-# budget against 0.283, with picks testing as well (BENCHMARKS.md section 3 and 10).
+# run used 81 trial-epochs against 63 at epoch 1 (8 seeds side by side), search_efficiency 0.397
+# of the budget against 0.283, with picks testing as well (BENCHMARKS.md sections 3 and 10).
 ASHA_GRACE = 1
 
 
