@@ -1,14 +1,17 @@
 """Benchmark 3, search efficiency on digits: what early stopping saves, and what it costs.
 
-Four searches of the same space with the same ``--num-samples`` and ``--max-epochs``, each
-repeated over ``--seeds``:
+Four searches (a fifth on request) of the same space with the same ``--num-samples`` and
+``--max-epochs``, each repeated over ``--seeds``:
 
 * tpe_asha: ``tuner.tune`` with hyperopt TPE and ASHA (the product's default; grace 1 epoch,
   reduction factor 3, or ``--grace-period`` / ``--reduction-factor``);
 * random_full: random search, no early stopping (fifo);
 * tpe_full: TPE, no early stopping;
 * optuna_sh: Optuna in one process (TPE sampler, successive-halving pruner with the same grace
-  and reduction factor, ``n_jobs=2`` threads) calling ``trainables.loop.train``.
+  and reduction factor, ``n_jobs=2`` threads) calling ``trainables.loop.train``;
+* optuna_asha, only when named in ``--methods``: ``tuner.tune`` with the tuner's Optuna TPE
+  searcher (``searcher="optuna"``, through Ray Tune) and ASHA, to tell Optuna's sampler from
+  its pruner and its single process when optuna_sh does better.
 
 Every search runs 2 trials at a time (``--max-concurrent``): without ``max_concurrent`` the
 tpe searches run one trial at a time whenever trials are shorter than a worker's start-up
@@ -46,6 +49,8 @@ from _common import (
 
 TARGET_FRACTION, TARGET_GAP_POINTS = 0.30, 0.5
 METHODS = ("tpe_asha", "random_full", "tpe_full", "optuna_sh")
+# On request only (--methods): the tuner's Optuna TPE searcher (searcher "optuna") with ASHA.
+EXTRA_METHODS = ("optuna_asha",)
 
 
 def parse_args() -> argparse.Namespace:
@@ -62,7 +67,8 @@ def parse_args() -> argparse.Namespace:
                    help="ASHA / successive halving grace (default: tuner's ASHA, 1 epoch)")
     p.add_argument("--reduction-factor", type=float, default=None,
                    help="ASHA / successive halving reduction factor (default: tuner's, 3)")
-    p.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
+    p.add_argument("--methods", nargs="*", default=list(METHODS),
+                   choices=METHODS + EXTRA_METHODS)
     p.add_argument("--quick", action="store_true", help="smoke run: 4 samples, 2 epochs, 1 seed")
     args = p.parse_args()
     if args.quick:
@@ -83,8 +89,9 @@ def scheduler_options(args: argparse.Namespace) -> Any:
 def run_tuner(args: argparse.Namespace, method: str, seed: int, tmp: str) -> dict[str, Any]:
     from tuner import RunConfig, TuneConfig, tune
 
-    searcher = {"tpe_asha": "tpe", "random_full": "random", "tpe_full": "tpe"}[method]
-    scheduler = "asha" if method == "tpe_asha" else "fifo"
+    searcher = {"tpe_asha": "tpe", "random_full": "random", "tpe_full": "tpe",
+                "optuna_asha": "optuna"}[method]
+    scheduler = "asha" if method.endswith("_asha") else "fifo"
     res = tune(args.space, num_samples=args.num_samples, max_epochs=args.max_epochs,
                fixed=parse_fixed(args.fixed),
                tune_config=TuneConfig(searcher=searcher, scheduler=scheduler,
