@@ -42,18 +42,19 @@ TIME_ATTR = "training_iteration"
 # run used 81 trial-epochs against 63 at epoch 1 (8 seeds side by side), search_efficiency 0.397
 # of the budget against 0.283, with picks testing as well (BENCHMARKS.md sections 3 and 10).
 ASHA_GRACE = 1
+OTHER_GRACE = 2  # the median rule and the multi-objective ASHA: not measured at 1
 
 
 @dataclass(frozen=True)
 class SchedulerOptions:
     """Knobs of the early-stopping schedulers; defaults suit 10-30 epoch budgets."""
 
-    grace_period: int | None = None  # None: asha 1 epoch (ASHA_GRACE); median and the
-    # multi-objective asha 2 epochs, or max_epochs if that is smaller
+    grace_period: int | None = None  # None: ASHA_GRACE for asha, else OTHER_GRACE; at most
+    # max_epochs
     reduction_factor: float = 3.0
     perturbation_interval: int = 4  # pbt: epochs between exploit/explore steps
 
-    def grace(self, max_epochs: int, default: int = 2) -> int:
+    def grace(self, max_epochs: int, default: int = OTHER_GRACE) -> int:
         """The grace period given, else ``default`` epochs (at most max_epochs)."""
         return min(default, max_epochs) if self.grace_period is None else self.grace_period
 

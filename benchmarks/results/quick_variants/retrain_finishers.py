@@ -101,5 +101,6 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     print(json.dumps({"summary": summary(rows), "changed": {knob: value}}))
 
+
 if __name__ == "__main__":
     main()
