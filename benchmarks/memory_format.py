@@ -1,13 +1,15 @@
 """Benchmark 12, memory format: the quick preset's model in NHWC (``channels_last``) vs NCHW order.
 
 One torch thread (what a trial on one CPU gets), the quick preset's simple_cnn (width 16, digits'
-1x32x32 images, batch 128, SGD with Nesterov momentum): the time of a training step (forward,
-cross-entropy, backward, optimizer step) and of an evaluation forward, the two formats
+1x16x16 images as the preset has them since 2026-12-02, ``--image-size 32`` before; batch 128,
+SGD with Nesterov momentum): the time of a training step (forward, cross-entropy, backward,
+optimizer step) and of an evaluation forward, the two formats
 interleaved over ``--rounds`` rounds of ``--steps`` steps each (after 3 warm-up steps). Headline:
 the median NCHW / NHWC training-step time, so > 1 means channels_last is faster. It measures
 the kernels only; BENCHMARKS.md section 10 measures the whole default run with and without it.
 
-    python benchmarks/memory_format.py [--width 16] [--steps 40] [--rounds 4] [--quick]
+    python benchmarks/memory_format.py [--width 16] [--image-size 16] [--steps 40] [--rounds 4]
+        [--quick]
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ TARGET = 1.0
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--width", type=int, default=16)
-    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--image-size", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=40, help="timed steps per round and format")
     p.add_argument("--rounds", type=int, default=4, help="rounds, formats interleaved")
