@@ -57,3 +57,13 @@ def test_building_a_recipe_opens_no_model_code():
                          timeout=120, check=True)
     loaded = set(out.stdout.split())
     assert not loaded & {"torchvision", "trainables.models"}
+
+
+def test_a_run_without_trackers_imports_none_of_their_packages():
+    """What ``cnn-tuner run`` imports on the driver: no wandb (0.3 s, Ray's W&B module imports
+    it), MLflow or Optuna unless the run asks for them."""
+    code = ("import sys; import tuner.cli.commands, tuner.cli.parser, tuner.running.api, "
+            "tuner.running.runner, tuner.running.trackers; print(' '.join(sorted(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, check=True)
+    assert not _top(set(out.stdout.split())) & {"wandb", "mlflow", "optuna"}

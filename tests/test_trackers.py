@@ -52,7 +52,7 @@ def _no_run(*args, **kwargs):
 @pytest.mark.parametrize("tracker", ["mlflow", "wandb"])
 def test_a_missing_package_is_one_line_and_exit_2_before_anything_starts(
         tracker, tmp_path, monkeypatch, capsys):
-    import tuner.running.trackers  # noqa: F401 - Ray's W&B module must import the real wandb
+    import tuner.running.wandb_logger  # noqa: F401 - Ray's W&B module must import the real wandb
     monkeypatch.setitem(sys.modules, tracker, None)  # `import mlflow` raises ImportError
     monkeypatch.setattr("tuner.running.runner.run_experiment", _no_run)
     space = tmp_path / "space.yaml"

@@ -9,7 +9,8 @@
   Runs are found again by their tags, so ``resume`` continues the same MLflow runs.
 - **Weights & Biases** (``wandb=True``, ``--wandb``): Ray's ``WandbLoggerCallback``, offline
   unless ``WANDB_MODE`` says otherwise (no API key needed); the offline runs go to
-  ``STORAGE/NAME/wandb/`` for ``wandb sync``.
+  ``STORAGE/NAME/wandb/`` for ``wandb sync``. In ``wandb_logger``: Ray's module imports wandb
+  (0.3 s), so only a run with W&B on imports it.
 - **TensorBoard**: Ray itself writes event files into every trial folder (its
   ``TBXLoggerCallback``, on whenever tensorboardX is installed): nothing to switch on.
 
@@ -30,7 +31,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ray.air.integrations.wandb import WandbLoggerCallback
 from ray.tune.logger import LoggerCallback
 
 from trainables.errors import ConfigError, first_line
@@ -90,7 +90,7 @@ def experiment_name(path: str) -> str:
 
 
 @contextlib.contextmanager
-def _environ(**values: str) -> Iterator[None]:
+def scoped_environ(**values: str) -> Iterator[None]:
     """Environment variables set for the duration of a block, then restored."""
     saved = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
@@ -119,7 +119,7 @@ def check(settings: RunSettings, path: str) -> None:
 
     uri, name = settings.mlflow, experiment_name(path)
     # MLflow retries an unreachable server for minutes; a check before the run asks once
-    with _environ(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="20"):
+    with scoped_environ(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="20"):
         try:
             experiment = MlflowClient(uri).get_experiment_by_name(name)
         except Exception as e:  # MLflow raises many kinds (MlflowException, requests, sqlalchemy)
@@ -143,32 +143,9 @@ def callbacks(settings: RunSettings, storage_root: str, name: str) -> list[Any]:
         params = {k: getattr(settings, k) for k in PARENT_PARAMS}
         out.append(MLflowCallback(settings.mlflow, experiment_name(path), path, params))
     if settings.wandb:
+        from tuner.running.wandb_logger import wandb_callback  # Ray's module imports wandb: 0.3 s
         out.append(wandb_callback(path, experiment_name(path)))
     return out
-
-
-def wandb_callback(path: str, name: str) -> WandbLoggerCallback:
-    """Ray's W&B callback: project ``$WANDB_PROJECT`` (default cnn-tuner), group = the
-    experiment, mode ``$WANDB_MODE`` (default offline), runs in PATH/wandb/ for a local path."""
-    kwargs: dict[str, Any] = {"mode": os.environ.get("WANDB_MODE") or "offline"}
-    if not storage.is_uri(path):
-        kwargs["dir"] = path
-    return OfflineWandbCallback(project=os.environ.get("WANDB_PROJECT") or "cnn-tuner",
-                                group=name, **kwargs)
-
-
-class OfflineWandbCallback(WandbLoggerCallback):
-    """Ray's WandbLoggerCallback, whose setup asks for an API key unless ``WANDB_MODE`` is
-    offline in the driver's environment: here the callback's own mode decides (set in the
-    environment for the setup only)."""
-
-    def setup(self, *args: Any, **kwargs: Any) -> None:
-        mode = self.kwargs.get("mode")
-        if mode not in ("offline", "disabled"):
-            super().setup(*args, **kwargs)
-            return
-        with _environ(WANDB_MODE=mode):
-            super().setup(*args, **kwargs)
 
 
 def _client(uri: str) -> Any:
