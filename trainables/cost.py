@@ -27,7 +27,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = ["COST_KEYS", "count_flops", "count_params", "device_name", "measure_cost",
            "measure_latency_ms"]
@@ -59,6 +58,9 @@ def _eval_mode(model: nn.Module) -> Any:
 
 def count_flops(model: nn.Module, example: torch.Tensor) -> int:
     """Forward FLOPs of ``model`` on ``example`` (a batch of one for FLOPs per image)."""
+    # here, not at the top: it imports triton (0.1 s), and the driver needs only COST_KEYS
+    from torch.utils.flop_counter import FlopCounterMode
+
     with _eval_mode(model), torch.no_grad():
         counter = FlopCounterMode(display=False)
         with counter:
